@@ -1,0 +1,62 @@
+-- jma-poller state, schema 1.
+-- Never edit this file once released: sqlx checksums it and refuses to start on a change.
+-- Add a new, later-numbered migration instead.
+
+-- One row per list endpoint we follow (today: 'jmafile').
+CREATE TABLE cursors (
+    name             TEXT PRIMARY KEY NOT NULL,
+    -- The nextPooling token to send as cursorToken on the next PuLL; NULL = baseline needed.
+    token            TEXT,
+    -- Filters the token was obtained with (JSON); tokens carry no filters, so they are resent.
+    query            TEXT NOT NULL DEFAULT '{}',
+    -- Highest serial ever listed: paging back stops when it reaches this.
+    high_serial      INTEGER,
+    -- receivedTime (unix ms) of the newest item listed, bounds a re-baseline.
+    last_received_ms INTEGER,
+    -- nextPoolingInterval of the last response, and when that response arrived (unix ms):
+    -- the next poll, even after a restart, is not sent before last_poll_ms + interval_ms.
+    interval_ms      INTEGER,
+    last_poll_ms     INTEGER,
+    last_error       TEXT,
+    last_error_ms    INTEGER
+) STRICT;
+
+-- Every item we have listed, with its download state. Rows are only ever added or updated.
+CREATE TABLE items (
+    seq             INTEGER PRIMARY KEY,
+    source          TEXT NOT NULL CHECK (source IN ('jmafile', 'archive')),
+    id              TEXT NOT NULL,
+    serial          INTEGER,
+    classification  TEXT NOT NULL,
+    received_ms     INTEGER,
+    url             TEXT NOT NULL,
+    -- What the downloader needs (compression, format, expected files and lengths), as JSON.
+    plan            TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'fetching', 'done', 'failed')),
+    -- 0 = jmafile (goes first), 1 = archives.
+    priority        INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    -- Final path relative to the data dir, fixed when the item is listed. Knowing it before
+    -- the download lets a restart adopt a file that was renamed into place just before a crash.
+    path            TEXT,
+    bytes           INTEGER,
+    listed_ms       INTEGER NOT NULL,
+    started_ms      INTEGER,
+    finished_ms     INTEGER,
+    UNIQUE (source, id)
+) STRICT;
+
+CREATE UNIQUE INDEX items_path ON items (path) WHERE path IS NOT NULL;
+-- The download queue: waiting rows only, in the order they are served.
+CREATE INDEX items_queue ON items (priority, received_ms, serial) WHERE state = 'pending';
+CREATE INDEX items_due ON items (next_attempt_ms) WHERE state = 'pending';
+CREATE INDEX items_state ON items (state, source);
+
+-- When each body download was started, so the data budget survives a restart (a crash loop
+-- must not turn into a burst of requests upstream). Pruned to the last day.
+CREATE TABLE fetch_log (
+    at_ms  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX fetch_log_at ON fetch_log (at_ms);

@@ -1,0 +1,272 @@
+//! Request budgets. The provider allows about 50 body downloads per 5 minutes per data host and
+//! 2000 list calls per 10 minutes, and asks clients to avoid bursts. A [`Budget`] enforces two
+//! rules at once:
+//!
+//! * a strict sliding window: never more than `requests` grants in any `window`, whatever the
+//!   timing (a plain token bucket would allow up to twice that across a window boundary);
+//! * even pacing (GCRA): after `burst` back-to-back grants, one grant every `window / requests`,
+//!   so a backlog is spread over the window instead of arriving as one burst.
+//!
+//! A grant is a [`Permit`]: dropping it unused (no request was sent) gives the slot back.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    requests: u32,
+    window: Duration,
+    /// GCRA emission interval: window / requests.
+    interval: Duration,
+    /// GCRA tolerance: (burst - 1) * interval.
+    tolerance: Duration,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Grant times within the last window (at most `requests` of them).
+    log: VecDeque<Instant>,
+    /// GCRA theoretical arrival time.
+    tat: Instant,
+    /// Set after a 429 so nobody sends until the upstream's Retry-After has passed.
+    paused_until: Option<Instant>,
+    granted_total: u64,
+}
+
+#[derive(Debug)]
+pub struct Budget {
+    name: &'static str,
+    limit: Option<Limit>,
+    state: Mutex<State>,
+}
+
+impl Budget {
+    /// `requests == 0` means unlimited (benchmarks, or an operator's explicit choice).
+    pub fn new(name: &'static str, requests: u32, window: Duration, burst: u32) -> Budget {
+        let limit = (requests > 0 && !window.is_zero()).then(|| {
+            let interval = window / requests;
+            Limit {
+                requests,
+                window,
+                interval,
+                tolerance: interval * burst.clamp(1, requests).saturating_sub(1),
+            }
+        });
+        Budget {
+            name,
+            limit,
+            state: Mutex::new(State {
+                log: VecDeque::new(),
+                tat: Instant::now(),
+                paused_until: None,
+                granted_total: 0,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state inconsistent (plain fields),
+        // so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Grants now, or says when to try again.
+    fn try_grant(&self, now: Instant) -> Result<Instant, Instant> {
+        let mut st = self.lock();
+        if let Some(until) = st.paused_until {
+            if now < until {
+                return Err(until);
+            }
+            st.paused_until = None;
+        }
+        if let Some(l) = self.limit {
+            while st.log.front().is_some_and(|t| *t + l.window <= now) {
+                st.log.pop_front();
+            }
+            if st.log.len() >= l.requests as usize {
+                return Err(st.log[st.log.len() - l.requests as usize] + l.window);
+            }
+            let earliest = st.tat.checked_sub(l.tolerance).unwrap_or(now);
+            if now < earliest {
+                return Err(earliest);
+            }
+            st.tat = st.tat.max(now) + l.interval;
+            st.log.push_back(now);
+        }
+        st.granted_total += 1;
+        Ok(now)
+    }
+
+    /// Waits until a request may be sent. Cancel-safe: dropping the future grants nothing.
+    pub async fn acquire(&self) -> Permit<'_> {
+        loop {
+            match self.try_grant(Instant::now()) {
+                Ok(at) => {
+                    return Permit {
+                        budget: self,
+                        at,
+                        sent: false,
+                    };
+                }
+                Err(retry_at) => tokio::time::sleep_until(retry_at).await,
+            }
+        }
+    }
+
+    fn refund(&self, at: Instant) {
+        let mut st = self.lock();
+        if let Some(l) = self.limit
+            && let Some(pos) = st.log.iter().rposition(|t| *t == at)
+        {
+            st.log.remove(pos);
+            st.tat = st.tat.checked_sub(l.interval).unwrap_or(st.tat).max(at);
+        }
+        st.granted_total = st.granted_total.saturating_sub(1);
+    }
+
+    /// Stops all grants until `until` (after a 429 with Retry-After).
+    pub fn pause_until(&self, until: Instant) {
+        let mut st = self.lock();
+        if st.paused_until.is_none_or(|p| p < until) {
+            st.paused_until = Some(until);
+        }
+    }
+
+    /// Replays requests made before a restart (their ages), so a crash loop cannot exceed the
+    /// budget.
+    pub fn restore(&self, ages: impl IntoIterator<Item = Duration>) {
+        let Some(l) = self.limit else { return };
+        let now = Instant::now();
+        let mut times: Vec<Instant> = ages
+            .into_iter()
+            .filter(|a| *a < l.window)
+            .filter_map(|a| now.checked_sub(a))
+            .collect();
+        times.sort();
+        let mut st = self.lock();
+        for t in times {
+            st.tat = st.tat.max(t) + l.interval;
+            st.log.push_back(t);
+        }
+        while st.log.len() > l.requests as usize {
+            st.log.pop_front();
+        }
+    }
+
+    /// Grants left in the current window, `None` when unlimited (for status and metrics).
+    pub fn remaining(&self) -> Option<u32> {
+        let l = self.limit?;
+        let now = Instant::now();
+        let st = self.lock();
+        let used = st.log.iter().filter(|t| **t + l.window > now).count() as u32;
+        Some(l.requests.saturating_sub(used))
+    }
+
+    pub fn granted_total(&self) -> u64 {
+        self.lock().granted_total
+    }
+}
+
+/// The right to send one request. Call [`Permit::sent`] when the request goes out; a permit
+/// dropped before that is refunded.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    budget: &'a Budget,
+    at: Instant,
+    sent: bool,
+}
+
+impl Permit<'_> {
+    pub fn sent(mut self) {
+        self.sent = true;
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.budget.refund(self.at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Grants `n` permits as fast as the budget allows and returns their times, relative to start.
+    async fn grant_times(b: &Budget, n: usize) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            b.acquire().await.sent();
+            out.push(Instant::now() - start);
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_n_in_any_window_and_paced_after_the_burst() {
+        let b = Budget::new("data", 50, Duration::from_secs(300), 10);
+        let times = grant_times(&b, 160).await;
+        // Burst of 10 at once, then one per 6 s until the window is full.
+        assert!(times[..10].iter().all(|t| *t == Duration::ZERO));
+        assert_eq!(times[10], Duration::from_secs(6));
+        for w in times[10..50].windows(2) {
+            assert_eq!(w[1] - w[0], Duration::from_secs(6), "{w:?}");
+        }
+        // Never more than `burst` at one instant, and the long-run rate is 50 per 5 minutes.
+        for t in &times {
+            assert!(times.iter().filter(|u| *u == t).count() <= 10);
+        }
+        assert!(*times.last().unwrap() >= Duration::from_secs(6 * (160 - 50)));
+        // Sliding-window check over every grant.
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(300))
+                .count();
+            assert!(
+                in_window <= 50,
+                "{in_window} grants in the window from {t:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unsent_permits_are_refunded() {
+        let b = Budget::new("data", 2, Duration::from_secs(60), 2);
+        drop(b.acquire().await);
+        drop(b.acquire().await);
+        assert_eq!(b.remaining(), Some(2));
+        let times = grant_times(&b, 2).await;
+        assert_eq!(times, vec![Duration::ZERO, Duration::ZERO]);
+        assert_eq!(b.remaining(), Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pause_and_restore_hold_back_grants() {
+        let b = Budget::new("data", 3, Duration::from_secs(60), 3);
+        b.restore([
+            Duration::from_secs(10),
+            Duration::from_secs(20),
+            Duration::from_secs(30),
+        ]);
+        assert_eq!(b.remaining(), Some(0));
+        let times = grant_times(&b, 1).await;
+        // The oldest restored request (30 s ago) leaves the window after 30 s.
+        assert_eq!(times, vec![Duration::from_secs(30)]);
+
+        let b = Budget::new("api", 0, Duration::from_secs(1), 1);
+        b.pause_until(Instant::now() + Duration::from_secs(7));
+        assert_eq!(grant_times(&b, 1).await, vec![Duration::from_secs(7)]);
+        assert_eq!(b.remaining(), None);
+    }
+}

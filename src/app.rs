@@ -1,0 +1,166 @@
+//! Wires the parts together and runs them until shutdown: storage (lock, temp sweep), state
+//! (migrations), crash recovery, the API client, the PuLL task and the download workers.
+//!
+//! Shutdown: the token stops every task at its next wait; transfers in flight are abandoned and
+//! their items queued again; the process waits at most [`SHUTDOWN_GRACE`] and then leaves what
+//! is still running (SQLite and the `.tmp/` sweep make that harmless).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::api::{ApiError, Client};
+use crate::config::{ConfigError, Settings};
+use crate::download::Downloader;
+use crate::poll::jmafile::JmaFilePoller;
+use crate::state::{Store, StoreError, now_ms};
+use crate::storage::{Storage, StorageError};
+
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+/// Why the daemon stopped with an error; [`RunError::exit_code`] maps it for the shell.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "the API refused the key on the first request ({0}); check api.key / api.key_file and the key's jmafile.list and jmafile.data permissions"
+    )]
+    Auth(ApiError),
+    #[error("{0}")]
+    Client(String),
+    #[error("task failed: {0}")]
+    Task(String),
+}
+
+impl RunError {
+    /// 2 = configuration, 3 = key refused at start (restarting will not help), 1 = other.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) => 2,
+            RunError::Auth(_) => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled or a task fails fatally.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
+    let key = settings.api_key()?;
+    let storage = Arc::new(Storage::open(&settings.storage.data_dir)?);
+    let db_path = settings.storage.database_path();
+    let store = Store::open(&db_path).await?;
+    let client = Arc::new(Client::new(&settings, key).map_err(RunError::Client)?);
+
+    // A crash loop must not turn into a burst upstream: replay recent body requests.
+    let window = settings.limits.data_window;
+    let now = now_ms();
+    let recent = store
+        .recent_fetches(now - window.as_millis() as i64, now)
+        .await?;
+    if !recent.is_empty() {
+        client.data_budget().restore(
+            recent
+                .iter()
+                .map(|t| Duration::from_millis((now - t).max(0) as u64)),
+        );
+    }
+
+    let wake = Arc::new(Notify::new());
+    let downloader = Arc::new(Downloader::new(
+        store.clone(),
+        client.clone(),
+        storage.clone(),
+        settings.download.clone(),
+        wake.clone(),
+    ));
+    downloader.recover().await?;
+
+    info!(
+        event = "started",
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %settings.storage.data_dir.display(),
+        database = %db_path.display(),
+        base_url = %settings.api.base_url,
+        types = ?settings.jmafile.types,
+        workers = settings.download.concurrency,
+        "jma-poller started"
+    );
+
+    let tasks_cancel = shutdown.child_token();
+    let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
+    if settings.jmafile.enabled {
+        let poller = JmaFilePoller::new(
+            client.clone(),
+            store.clone(),
+            settings.jmafile.clone(),
+            settings.download.max_size.as_u64(),
+            wake.clone(),
+        );
+        let c = tasks_cancel.clone();
+        tasks.spawn(async move { poller.run(c).await.map_err(RunError::Auth) });
+    } else {
+        warn!(
+            event = "idle",
+            "jmafile.enabled = false: only queued downloads will run"
+        );
+    }
+    for _ in 0..settings.download.concurrency {
+        let d = downloader.clone();
+        let c = tasks_cancel.clone();
+        tasks.spawn(async move {
+            d.run_worker(c).await;
+            Ok(())
+        });
+    }
+
+    let mut result = Ok(());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => {
+                    result = Err(e);
+                    break;
+                }
+                Some(Err(e)) => {
+                    result = Err(RunError::Task(e.to_string()));
+                    break;
+                }
+            }
+        }
+    }
+    tasks_cancel.cancel();
+    info!(
+        event = "stopping",
+        "stopping: finishing or rolling back work in flight"
+    );
+    let deadline = tokio::time::sleep(SHUTDOWN_GRACE);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => if joined.is_none() { break },
+            _ = &mut deadline => {
+                error!(event = "shutdown_timeout", tasks = tasks.len(), "some tasks did not stop in time; leaving them (their items will be retried on the next start)");
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    store.close().await;
+    match &result {
+        Ok(()) => info!(event = "stopped", "stopped cleanly"),
+        Err(e) => error!(event = "stopped", error = %e, "stopped with an error"),
+    }
+    result
+}

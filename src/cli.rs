@@ -1,0 +1,317 @@
+//! Command line: `run`, `check-config`, `status`, `demo`, `simulate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{self, Secret, Settings};
+use crate::sim::{Sim, SimConfig};
+use crate::state::{Store, now_ms};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jma-poller",
+    version,
+    about = "Mirrors Japan Meteorological Agency data from the dmdata.jp API to local disk"
+)]
+pub struct Cli {
+    /// TOML config file; env vars JMA_POLLER__SECTION__KEY override it.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "JMA_POLLER_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (polls, downloads, until SIGTERM/SIGINT).
+    Run,
+    /// Validate the configuration and print it with secrets redacted.
+    CheckConfig,
+    /// Show cursor, item counts, last poll and recent errors (safe while the daemon runs).
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the built-in simulator and run the daemon against it: no account needed.
+    Demo {
+        /// Where files land.
+        #[arg(long, default_value = "./demo-data")]
+        data_dir: PathBuf,
+        /// How often the simulator publishes a new item.
+        #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+        every: Duration,
+    },
+    /// Serve only the simulator (for trying things by hand, or benchmarks).
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "sim-key")]
+        key: String,
+        /// Publish a new item this often (0 = never).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        every: Duration,
+        /// Items already there at start.
+        #[arg(long, default_value_t = 10)]
+        backlog: usize,
+        /// nextPoolingInterval in ms.
+        #[arg(long, default_value_t = 1600)]
+        interval_ms: u64,
+        /// Turn off the simulated per-host rate limits.
+        #[arg(long)]
+        no_rate_limit: bool,
+    },
+}
+
+/// A failure at the binary's edge: message for the operator, and the exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl<E: std::fmt::Display> From<(u8, E)> for Failure {
+    fn from((code, e): (u8, E)) -> Self {
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
+    // Blocking tasks abandoned at shutdown must not hold the process open.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn load(path: &Option<PathBuf>) -> Result<Settings, Failure> {
+    config::load(path.as_deref()).map_err(|e| (2, e).into())
+}
+
+/// Cancels `token` on SIGTERM or SIGINT; a second signal exits at once.
+fn stop_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(
+            event = "signal",
+            signal = name,
+            "received {name}; shutting down"
+        );
+        token.cancel();
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        eprintln!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Run => {
+            let settings = load(&cli.config)?;
+            crate::telemetry::init(&settings.log);
+            let token = CancellationToken::new();
+            stop_on_signals(token.clone());
+            crate::app::run(settings, token).await.map_err(|e| Failure {
+                code: e.exit_code(),
+                message: e.to_string(),
+            })
+        }
+        Command::CheckConfig => {
+            let settings = load(&cli.config)?;
+            settings.api_key().map_err(|e| Failure::from((2, e)))?;
+            print!("{}", settings.to_toml());
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Status { json } => {
+            let settings = load(&cli.config)?;
+            status(&settings, json).await
+        }
+        Command::Demo { data_dir, every } => {
+            let mut settings = load(&cli.config)?;
+            crate::telemetry::init(&settings.log);
+            let sim = Sim::start(SimConfig::default())
+                .await
+                .map_err(|e| Failure::from((1, e)))?;
+            sim.add_random(12);
+            sim.spawn_generator(every);
+            settings.api.base_url = sim.base_url().parse().map_err(|e| Failure::from((1, e)))?;
+            settings.api.key = Some(Secret::new(sim.key()));
+            settings.api.key_file = None;
+            settings.storage.data_dir = data_dir.clone();
+            settings.storage.database = None;
+            eprintln!(
+                "demo: simulated dmdata.jp API at {} (a new item every {}); files land in {}\n\
+                 demo: try `jma-poller status` with JMA_POLLER__STORAGE__DATA_DIR={} in another terminal; Ctrl-C stops",
+                sim.base_url(),
+                humantime::format_duration(every),
+                data_dir.display(),
+                data_dir.display()
+            );
+            let token = CancellationToken::new();
+            stop_on_signals(token.clone());
+            let r = crate::app::run(settings, token).await;
+            sim.stop();
+            r.map_err(|e| Failure {
+                code: e.exit_code(),
+                message: e.to_string(),
+            })
+        }
+        Command::Simulate {
+            listen,
+            key,
+            every,
+            backlog,
+            interval_ms,
+            no_rate_limit,
+        } => {
+            crate::telemetry::init(&config::LogSettings::default());
+            let mut cfg = SimConfig {
+                key,
+                pooling_interval_ms: interval_ms,
+                ..SimConfig::default()
+            };
+            if no_rate_limit {
+                cfg.data_limit = None;
+                cfg.api_limit = None;
+            }
+            let sim = Sim::start_on(listen, cfg)
+                .await
+                .map_err(|e| Failure::from((1, e)))?;
+            sim.add_random(backlog);
+            if !every.is_zero() {
+                sim.spawn_generator(every);
+            }
+            println!("{}", sim.base_url());
+            eprintln!(
+                "simulator listening on {} (key {:?}); Ctrl-C stops",
+                sim.base_url(),
+                sim.key()
+            );
+            let token = CancellationToken::new();
+            stop_on_signals(token.clone());
+            token.cancelled().await;
+            sim.stop();
+            Ok(())
+        }
+    }
+}
+
+fn ago(ms: Option<i64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(t) => {
+            let secs = ((now_ms() - t).max(0) / 1000) as u64;
+            format!(
+                "{} ago",
+                humantime::format_duration(Duration::from_secs(secs))
+            )
+        }
+    }
+}
+
+async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
+    let path = settings.storage.database_path();
+    let store = Store::open_read_only(&path)
+        .await
+        .map_err(|e| Failure::from((1, e)))?;
+    let report = store.status().await.map_err(|e| Failure::from((1, e)))?;
+    store.close().await;
+    if json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| Failure::from((1, e)))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!("database: {}", path.display());
+    if report.cursors.is_empty() {
+        println!("cursor:   none yet (the daemon has not completed a poll)");
+    }
+    for c in &report.cursors {
+        println!(
+            "cursor {}: {}, highest serial {}, interval {} ms, last poll {}",
+            c.name,
+            if c.has_token {
+                "following nextPooling"
+            } else {
+                "needs a baseline"
+            },
+            c.high_serial.map_or("-".into(), |s| s.to_string()),
+            c.interval_ms.map_or("-".into(), |s| s.to_string()),
+            ago(c.last_poll_ms)
+        );
+        if let Some(e) = &c.last_error {
+            println!("  last poll error ({}): {e}", ago(c.last_error_ms));
+        }
+    }
+    println!("items:");
+    if report.counts.is_empty() {
+        println!("  none yet");
+    }
+    for c in &report.counts {
+        let size = if c.bytes > 0 {
+            bytesize::ByteSize(c.bytes as u64).to_string()
+        } else {
+            String::new()
+        };
+        println!("  {:<8} {:<9} {:>8}  {}", c.source, c.state, c.items, size);
+    }
+    println!("last landed: {}", ago(report.last_landed_ms));
+    if !report.recent_errors.is_empty() {
+        println!("recent errors:");
+        for e in &report.recent_errors {
+            println!(
+                "  {} {} [{}] {} after {} attempt(s), {}: {}",
+                e.source,
+                e.id,
+                e.classification,
+                e.state,
+                e.attempts,
+                ago(e.at_ms),
+                e.error
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,615 @@
+//! Settings: built-in defaults, then a TOML file (`--config FILE`), then environment variables
+//! `JMA_POLLER__SECTION__KEY` (env wins). Every value is checked here, before any network or
+//! disk work, and an error always names the key the operator has to fix.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// Prefix of the environment variables that override the file, e.g. `JMA_POLLER__API__KEY`.
+pub const ENV_PREFIX: &str = "JMA_POLLER";
+
+/// A configuration problem, always tied to the key (or file) that causes it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("config file {}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret string: prints as `***` in `Debug`, `Display` and serialized output, so it can
+/// never reach a log line or `check-config` by accident.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The only way to read the value; grep for it to audit where the key goes.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub api: ApiSettings,
+    pub storage: StorageSettings,
+    pub jmafile: JmaFileSettings,
+    pub download: DownloadSettings,
+    pub limits: LimitSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Where the list APIs live. Its host (and port) always receives the key.
+    pub base_url: Url,
+    /// The API key. Prefer `key_file` outside development: env vars leak into child processes.
+    pub key: Option<Secret>,
+    /// A file holding the key (systemd credential, Docker secret); trailing newline ignored.
+    pub key_file: Option<PathBuf>,
+    /// Total deadline of one list call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra hosts that may receive the key: `host`, `host:port` or `*.suffix`.
+    pub trusted_hosts: Vec<String>,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            base_url: Url::parse("https://api.dmdata.jp").expect("static URL parses"),
+            key: None,
+            key_file: None,
+            timeout: Duration::from_secs(30),
+            trusted_hosts: vec!["*.api.dmdata.jp".to_owned()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Root of the mirror; also holds `.tmp/` for partial files (same filesystem, so the final
+    /// rename is atomic).
+    pub data_dir: PathBuf,
+    /// SQLite state file; default `{data_dir}/state.sqlite`.
+    pub database: Option<PathBuf>,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        // Under systemd, StateDirectory= hands us the directory it created for us.
+        let data_dir = std::env::var_os("STATE_DIRECTORY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/jma-poller"));
+        StorageSettings {
+            data_dir,
+            database: None,
+        }
+    }
+}
+
+impl StorageSettings {
+    pub fn database_path(&self) -> PathBuf {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("state.sqlite"))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JmaFileSettings {
+    pub enabled: bool,
+    /// Data identifiers: one value is a prefix match, two to five are exact matches.
+    pub types: Vec<String>,
+    /// Items per list call (the API allows at most 100).
+    pub limit: u32,
+    /// How far back to fetch on the very first start.
+    #[serde(with = "humantime_serde")]
+    pub backfill: Duration,
+}
+
+impl Default for JmaFileSettings {
+    fn default() -> Self {
+        JmaFileSettings {
+            enabled: true,
+            types: Vec::new(),
+            limit: 100,
+            backfill: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadSettings {
+    /// Parallel downloads (the data budget still applies on top).
+    pub concurrency: u32,
+    /// Attempts before a transiently failing item is marked failed.
+    pub max_attempts: u32,
+    /// Cap on the decompressed bytes of one item (decompression-bomb guard).
+    pub max_size: ByteSize,
+    /// A body that sends nothing for this long is abandoned and retried.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+}
+
+impl Default for DownloadSettings {
+    fn default() -> Self {
+        DownloadSettings {
+            concurrency: 2,
+            max_attempts: 8,
+            max_size: ByteSize::gib(1),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Body downloads (GETs of an item's `url`) allowed per `data_window`; 0 = unlimited.
+    pub data_requests: u32,
+    #[serde(with = "humantime_serde")]
+    pub data_window: Duration,
+    /// How many body downloads may go out back to back before pacing spreads the rest evenly.
+    pub data_burst: u32,
+    /// List calls under `api.base_url` allowed per `api_window`; 0 = unlimited.
+    pub api_requests: u32,
+    #[serde(with = "humantime_serde")]
+    pub api_window: Duration,
+    pub api_burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            data_requests: 50,
+            data_window: Duration::from_secs(300),
+            data_burst: 10,
+            api_requests: 2000,
+            api_window: Duration::from_secs(600),
+            api_burst: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text, coloured only when stderr is a terminal.
+    Auto,
+    /// One JSON object per line (journald, Docker, Loki).
+    Json,
+    /// Human-readable text, always.
+    Pretty,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// tracing filter, e.g. `info` or `info,jma_poller=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Auto,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Loads settings from the optional file and the process environment.
+pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    load_from(path, std::env::vars())
+}
+
+/// Like [`load`], with the environment given explicitly (tests pass their own).
+pub fn load_from(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = path {
+        if !path.is_file() {
+            return Err(ConfigError::File {
+                path: path.to_owned(),
+                message: "no such file".to_owned(),
+            });
+        }
+        builder = builder.add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    let env: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+        .collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("api.trusted_hosts")
+            .with_list_parse_key("jmafile.types")
+            .source(Some(env)),
+    );
+    let merged = builder.build().map_err(|e| match path {
+        Some(path) => ConfigError::File {
+            path: path.to_owned(),
+            message: e.to_string(),
+        },
+        None => ConfigError::invalid("environment", e.to_string()),
+    })?;
+    let settings: Settings = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Invalid {
+            key: if key == "." { "config".into() } else { key },
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+fn is_loopback_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => IpAddr::V4(*ip).is_loopback(),
+        url::Host::Ipv6(ip) => IpAddr::V6(*ip).is_loopback(),
+    }
+}
+
+impl Settings {
+    /// Checks every value that serde cannot: ranges, combinations, URL safety.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let api = &self.api;
+        match api.base_url.scheme() {
+            "https" => {}
+            "http" => {
+                let loopback = api.base_url.host().is_some_and(|h| is_loopback_host(&h));
+                if !loopback {
+                    return Err(ConfigError::invalid(
+                        "api.base_url",
+                        "plain http would send the API key in clear text; use https \
+                         (http is accepted only for 127.0.0.1/localhost, e.g. the simulator)",
+                    ));
+                }
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    "api.base_url",
+                    format!("scheme {other:?} is not supported; use https://"),
+                ));
+            }
+        }
+        if api.base_url.host_str().is_none() {
+            return Err(ConfigError::invalid("api.base_url", "has no host"));
+        }
+        if api.key.is_some() && api.key_file.is_some() {
+            return Err(ConfigError::invalid(
+                "api.key_file",
+                "both api.key and api.key_file are set; keep only one",
+            ));
+        }
+        if api.timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid("api.timeout", "must be at least 1s"));
+        }
+        for (i, pattern) in api.trusted_hosts.iter().enumerate() {
+            crate::api::trust::HostPattern::parse(pattern).map_err(|message| {
+                ConfigError::invalid(&format!("api.trusted_hosts[{i}]"), message)
+            })?;
+        }
+
+        let jf = &self.jmafile;
+        if jf.types.len() > 5 {
+            return Err(ConfigError::invalid(
+                "jmafile.types",
+                format!(
+                    "{} types given; the API accepts at most 5 (one value is a prefix match)",
+                    jf.types.len()
+                ),
+            ));
+        }
+        for (i, t) in jf.types.iter().enumerate() {
+            if t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    &format!("jmafile.types[{i}]"),
+                    format!("{t:?} is not a data identifier (no commas or spaces)"),
+                ));
+            }
+        }
+        if !(1..=100).contains(&jf.limit) {
+            return Err(ConfigError::invalid(
+                "jmafile.limit",
+                format!("{} is out of range 1..=100", jf.limit),
+            ));
+        }
+
+        let dl = &self.download;
+        if !(1..=64).contains(&dl.concurrency) {
+            return Err(ConfigError::invalid(
+                "download.concurrency",
+                format!("{} is out of range 1..=64", dl.concurrency),
+            ));
+        }
+        if !(1..=1000).contains(&dl.max_attempts) {
+            return Err(ConfigError::invalid(
+                "download.max_attempts",
+                format!("{} is out of range 1..=1000", dl.max_attempts),
+            ));
+        }
+        if dl.max_size.as_u64() < 1024 {
+            return Err(ConfigError::invalid(
+                "download.max_size",
+                "must be at least 1 KiB",
+            ));
+        }
+        if dl.read_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "download.read_timeout",
+                "must be at least 1s",
+            ));
+        }
+
+        let l = &self.limits;
+        for (prefix, requests, window, burst) in [
+            ("limits.data", l.data_requests, l.data_window, l.data_burst),
+            ("limits.api", l.api_requests, l.api_window, l.api_burst),
+        ] {
+            if requests == 0 {
+                continue;
+            }
+            if window.is_zero() {
+                return Err(ConfigError::invalid(
+                    &format!("{prefix}_window"),
+                    "must be longer than 0s",
+                ));
+            }
+            if burst == 0 || burst > requests {
+                return Err(ConfigError::invalid(
+                    &format!("{prefix}_burst"),
+                    format!("{burst} must be between 1 and {prefix}_requests ({requests})"),
+                ));
+            }
+        }
+
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(&self.log.level)
+            .is_err()
+        {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter (try \"info\" or \"info,jma_poller=debug\")",
+                    self.log.level
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The API key, from `api.key`, `api.key_file`, or a systemd credential named `api_key`.
+    /// Only commands that talk to the API call this, so `status` works without a key.
+    pub fn api_key(&self) -> Result<Secret, ConfigError> {
+        let (key, source) = if let Some(key) = &self.api.key {
+            (key.expose().to_owned(), "api.key")
+        } else if let Some(path) = &self.api.key_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid(
+                    "api.key_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            (text, "api.key_file")
+        } else if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(PathBuf::from)
+            .filter(|d| d.join("api_key").is_file())
+        {
+            let path = dir.join("api_key");
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::invalid(
+                    "api.key_file",
+                    format!("cannot read systemd credential {}: {e}", path.display()),
+                )
+            })?;
+            (text, "api.key_file")
+        } else {
+            return Err(ConfigError::invalid(
+                "api.key",
+                "no API key: set JMA_POLLER__API__KEY, or api.key_file (a file such as a \
+                 systemd credential or Docker secret); `jma-poller demo` needs none",
+            ));
+        };
+        let key = key.trim_end_matches(['\r', '\n']);
+        if key.is_empty() {
+            return Err(ConfigError::invalid(source, "the API key is empty"));
+        }
+        if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ConfigError::invalid(
+                source,
+                "the API key contains spaces or control characters",
+            ));
+        }
+        Ok(Secret::new(key))
+    }
+
+    /// The effective configuration as TOML, secrets shown as `***`.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.storage.database = Some(self.storage.database_path());
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn err_of(r: Result<Settings, ConfigError>) -> String {
+        r.expect_err("expected a config error").to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_values() {
+        let s = load_from(None, env(&[])).unwrap();
+        assert_eq!(s.api.base_url.as_str(), "https://api.dmdata.jp/");
+        assert_eq!(s.jmafile.limit, 100);
+        assert_eq!(s.jmafile.backfill, Duration::from_secs(3600));
+        assert_eq!(s.limits.data_requests, 50);
+        assert_eq!(s.limits.data_window, Duration::from_secs(300));
+        assert_eq!(s.limits.api_requests, 2000);
+        assert_eq!(s.limits.api_window, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn env_overrides_file_and_lists_split_on_commas() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[jmafile]\nlimit = 50\nbackfill = \"2h\"\n[download]\nconcurrency = 3\n",
+        )
+        .unwrap();
+        let s = load_from(
+            Some(&file),
+            env(&[
+                ("JMA_POLLER__JMAFILE__LIMIT", "20"),
+                ("JMA_POLLER__JMAFILE__TYPES", "RDR_GPV,SRF_GPV"),
+                ("JMA_POLLER__DOWNLOAD__MAX_SIZE", "10 MiB"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.jmafile.limit, 20, "env wins over the file");
+        assert_eq!(s.jmafile.backfill, Duration::from_secs(7200));
+        assert_eq!(s.download.concurrency, 3);
+        assert_eq!(s.jmafile.types, vec!["RDR_GPV", "SRF_GPV"]);
+        assert_eq!(s.download.max_size, ByteSize::mib(10));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("JMA_POLLER__JMAFILE__LIMIT", "500")], "jmafile.limit"),
+            (&[("JMA_POLLER__API__TIMEOUT", "soon")], "api.timeout"),
+            (&[("JMA_POLLER__API__BOGUS", "1")], "bogus"),
+            (
+                &[("JMA_POLLER__API__BASE_URL", "http://example.com")],
+                "api.base_url",
+            ),
+            (
+                &[("JMA_POLLER__LIMITS__DATA_BURST", "0")],
+                "limits.data_burst",
+            ),
+            (&[("JMA_POLLER__LOG__LEVEL", "info,[[[")], "log.level"),
+            (
+                &[("JMA_POLLER__JMAFILE__TYPES", "A,B,C,D,E,F")],
+                "jmafile.types",
+            ),
+        ];
+        for (vars, key) in cases {
+            let msg = err_of(load_from(None, env(vars)));
+            assert!(msg.contains(key), "{vars:?}: {msg:?} should name {key}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[storage]\ndata_dri = \"/x\"\n").unwrap();
+        let msg = err_of(load_from(Some(&file), env(&[])));
+        assert!(msg.contains("data_dri"), "{msg}");
+        assert!(msg.contains("storage"), "{msg}");
+    }
+
+    #[test]
+    fn key_is_never_printed() {
+        let s = load_from(None, env(&[("JMA_POLLER__API__KEY", "sekrit-key-123")])).unwrap();
+        assert_eq!(s.api_key().unwrap().expose(), "sekrit-key-123");
+        assert!(!format!("{s:?}").contains("sekrit"));
+        assert!(!s.to_toml().contains("sekrit"));
+    }
+
+    #[test]
+    fn key_file_is_trimmed_and_conflicts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "abc\n").unwrap();
+        let p = file.to_str().unwrap();
+        let s = load_from(None, env(&[("JMA_POLLER__API__KEY_FILE", p)])).unwrap();
+        assert_eq!(s.api_key().unwrap().expose(), "abc");
+        let msg = err_of(load_from(
+            None,
+            env(&[
+                ("JMA_POLLER__API__KEY_FILE", p),
+                ("JMA_POLLER__API__KEY", "x"),
+            ]),
+        ));
+        assert!(msg.contains("api.key_file"), "{msg}");
+        let s = load_from(
+            None,
+            env(&[("JMA_POLLER__API__KEY_FILE", "/nonexistent/k")]),
+        )
+        .unwrap();
+        assert!(
+            s.api_key()
+                .unwrap_err()
+                .to_string()
+                .contains("api.key_file")
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! Body → file(s), synchronously (it runs in `spawn_blocking`, fed from the socket through a
+//! bridge). Nothing is buffered whole: bytes flow through the decompressor into temp files in
+//! `.tmp/` with a fixed-size buffer, so memory does not grow with the payload. Zip is the one
+//! exception on disk (not in memory): its directory sits at the end, so the body is spooled to a
+//! temp file first.
+//!
+//! Every limit is checked on the way: decompressed bytes against `download.max_size` (bomb
+//! guard), each concat child against its announced length, and trailing bytes.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use flate2::read::MultiGzDecoder;
+use tempfile::{NamedTempFile, TempDir};
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{Compression, Layout, Plan};
+
+const BUF: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body download broke off: {0}")]
+    Network(String),
+    #[error("corrupt body: {0}")]
+    Corrupt(String),
+    #[error("length mismatch: {0}")]
+    Length(String),
+    #[error("more than download.max_size ({limit} bytes) after decompression; refused")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("writing {}: {source}", path.display())]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("interrupted by shutdown")]
+    Cancelled,
+}
+
+/// Output staged in `.tmp/`, not yet under its final name.
+#[derive(Debug)]
+pub enum Staged {
+    File(NamedTempFile),
+    Dir(TempDir),
+}
+
+#[derive(Debug)]
+pub struct Decoded {
+    pub staged: Staged,
+    /// Bytes received (compressed).
+    pub raw_bytes: u64,
+    /// Bytes written (decompressed).
+    pub bytes: u64,
+}
+
+/// Marks an error that came from the network side of the body, not from decoding it.
+#[derive(Debug)]
+struct FromNetwork(String);
+impl std::fmt::Display for FromNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for FromNetwork {}
+
+#[derive(Debug)]
+struct Shutdown;
+impl std::fmt::Display for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("shutdown")
+    }
+}
+impl std::error::Error for Shutdown {}
+
+/// Counts raw bytes, caps them, tags network errors, and turns shutdown into an error (the
+/// async side ends the stream on shutdown, which must not look like a short body).
+struct BodyReader<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+    cap: u64,
+    cancel: CancellationToken,
+}
+
+impl<R: Read> Read for BodyReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::other(Shutdown));
+        }
+        let n = self.inner.read(buf).map_err(|e| {
+            let text = match e.get_ref() {
+                Some(inner) => crate::api::chain(inner),
+                None => e.to_string(),
+            };
+            io::Error::new(e.kind(), FromNetwork(text))
+        })?;
+        if n == 0 && self.cancel.is_cancelled() {
+            return Err(io::Error::other(Shutdown));
+        }
+        let total = self.count.get() + n as u64;
+        self.count.set(total);
+        if total > self.cap {
+            return Err(io::Error::other(TooLargeRaw));
+        }
+        Ok(n)
+    }
+}
+
+#[derive(Debug)]
+struct TooLargeRaw;
+impl std::fmt::Display for TooLargeRaw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("raw body over the cap")
+    }
+}
+impl std::error::Error for TooLargeRaw {}
+
+/// Classifies an error met while reading (decoded) body bytes.
+fn read_error(e: io::Error, limit: u64) -> DecodeError {
+    if let Some(inner) = e.get_ref() {
+        if let Some(net) = inner.downcast_ref::<FromNetwork>() {
+            return DecodeError::Network(net.0.clone());
+        }
+        if inner.is::<Shutdown>() {
+            return DecodeError::Cancelled;
+        }
+        if inner.is::<TooLargeRaw>() {
+            return DecodeError::TooLarge { limit };
+        }
+    }
+    DecodeError::Corrupt(e.to_string())
+}
+
+fn disk(path: &Path) -> impl Fn(io::Error) -> DecodeError + '_ {
+    move |source| DecodeError::Disk {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Copies up to `limit` bytes; `Ok(None)` means more than `limit` were available.
+fn copy_capped(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    limit: u64,
+    max_size: u64,
+    path: &Path,
+    buf: &mut [u8],
+) -> Result<Option<u64>, DecodeError> {
+    let mut done: u64 = 0;
+    loop {
+        let want = (limit - done).min(buf.len() as u64) as usize;
+        // Ask for one byte beyond the limit to detect an overrun.
+        let want = if want == 0 { 1 } else { want };
+        let n = match r.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(e, max_size)),
+        };
+        if n == 0 {
+            return Ok(Some(done));
+        }
+        if done == limit {
+            return Ok(None);
+        }
+        w.write_all(&buf[..n]).map_err(disk(path))?;
+        done += n as u64;
+    }
+}
+
+/// Decodes `body` per `plan` into `.tmp/` (`tmp_dir`), fsyncing every file it writes.
+pub fn decode(
+    body: impl Read,
+    plan: &Plan,
+    tmp_dir: &Path,
+    max_size: u64,
+    cancel: &CancellationToken,
+) -> Result<Decoded, DecodeError> {
+    let count = Rc::new(Cell::new(0u64));
+    let body = BodyReader {
+        inner: body,
+        count: count.clone(),
+        // Compression can make a body slightly larger than its content; allow for headers.
+        cap: max_size.saturating_add(max_size / 16 + 64 * 1024),
+        cancel: cancel.clone(),
+    };
+    let mut buf = vec![0u8; BUF];
+    let (staged, bytes) = match plan.compression {
+        Compression::None => write_layout(body, &plan.layout, tmp_dir, max_size, &mut buf)?,
+        Compression::Gzip => {
+            let gz = MultiGzDecoder::new(BufReader::with_capacity(BUF, body));
+            write_layout(gz, &plan.layout, tmp_dir, max_size, &mut buf)?
+        }
+        Compression::Zip => {
+            let mut spool = tempfile::tempfile_in(tmp_dir).map_err(disk(tmp_dir))?;
+            let mut body = body;
+            match copy_capped(&mut body, &mut spool, u64::MAX, max_size, tmp_dir, &mut buf)? {
+                Some(_) => {}
+                None => return Err(DecodeError::TooLarge { limit: max_size }),
+            }
+            spool.rewind().map_err(disk(tmp_dir))?;
+            let mut archive = zip::ZipArchive::new(spool)
+                .map_err(|e| DecodeError::Corrupt(format!("zip: {e}")))?;
+            let mut files = Vec::new();
+            for i in 0..archive.len() {
+                let entry = archive
+                    .by_index_raw(i)
+                    .map_err(|e| DecodeError::Corrupt(format!("zip: {e}")))?;
+                if !entry.is_dir() {
+                    if entry.encrypted() {
+                        return Err(DecodeError::Unsupported("zip entry is encrypted".into()));
+                    }
+                    files.push((i, entry.size()));
+                }
+            }
+            let [(index, size)] = files[..] else {
+                return Err(DecodeError::Unsupported(format!(
+                    "zip holds {} files; expected exactly one",
+                    files.len()
+                )));
+            };
+            if size > max_size {
+                return Err(DecodeError::TooLarge { limit: max_size });
+            }
+            let entry = archive.by_index(index).map_err(|e| match e {
+                zip::result::ZipError::UnsupportedArchive(m) => {
+                    DecodeError::Unsupported(format!("zip: {m}"))
+                }
+                other => DecodeError::Corrupt(format!("zip: {other}")),
+            })?;
+            write_layout(entry, &plan.layout, tmp_dir, max_size, &mut buf)?
+        }
+    };
+    let raw_bytes = count.get();
+    if let Layout::Single { length } = plan.layout
+        && raw_bytes != length
+        && bytes != length
+    {
+        return Err(DecodeError::Length(format!(
+            "received {raw_bytes} bytes ({bytes} decompressed); the list announced {length}"
+        )));
+    }
+    Ok(Decoded {
+        staged,
+        raw_bytes,
+        bytes,
+    })
+}
+
+fn write_layout(
+    mut r: impl Read,
+    layout: &Layout,
+    tmp_dir: &Path,
+    max_size: u64,
+    buf: &mut [u8],
+) -> Result<(Staged, u64), DecodeError> {
+    match layout {
+        Layout::Single { .. } => {
+            let mut tmp = tempfile::Builder::new()
+                .prefix("item-")
+                .tempfile_in(tmp_dir)
+                .map_err(disk(tmp_dir))?;
+            let path = tmp.path().to_owned();
+            let n = copy_capped(&mut r, tmp.as_file_mut(), max_size, max_size, &path, buf)?
+                .ok_or(DecodeError::TooLarge { limit: max_size })?;
+            tmp.as_file().sync_all().map_err(disk(&path))?;
+            Ok((Staged::File(tmp), n))
+        }
+        Layout::Concat { children } => {
+            let dir = tempfile::Builder::new()
+                .prefix("item-")
+                .tempdir_in(tmp_dir)
+                .map_err(disk(tmp_dir))?;
+            let mut total = 0;
+            for (i, child) in children.iter().enumerate() {
+                let path = dir.path().join(&child.name);
+                let mut f = File::create_new(&path).map_err(disk(&path))?;
+                let mut limited = (&mut r).take(child.length);
+                let n = copy_capped(&mut limited, &mut f, child.length, max_size, &path, buf)?
+                    .unwrap_or(child.length);
+                if n != child.length {
+                    return Err(DecodeError::Length(format!(
+                        "body ended inside child {i} ({:?}): {n} of {} bytes",
+                        child.name, child.length
+                    )));
+                }
+                f.sync_all().map_err(disk(&path))?;
+                total += n;
+            }
+            let mut extra = [0u8; 1];
+            let more = loop {
+                match r.read(&mut extra) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(read_error(e, max_size)),
+                }
+            };
+            if more > 0 {
+                return Err(DecodeError::Length(format!(
+                    "body is longer than its {} announced children ({total} bytes)",
+                    children.len()
+                )));
+            }
+            crate::storage::sync_dir(dir.path()).map_err(disk(dir.path()))?;
+            Ok((Staged::Dir(dir), total))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::download::plan::Child;
+    use flate2::{Compression as Level, write::GzEncoder};
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Level::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        for (name, data) in entries {
+            w.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    fn single(c: Compression, length: u64) -> Plan {
+        Plan {
+            compression: c,
+            layout: Layout::Single { length },
+        }
+    }
+
+    fn run(body: &[u8], plan: &Plan, max: u64) -> (TempDir, Result<Decoded, DecodeError>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = decode(body, plan, tmp.path(), max, &CancellationToken::new());
+        (tmp, r)
+    }
+
+    fn file_bytes(d: &Decoded) -> Vec<u8> {
+        match &d.staged {
+            Staged::File(f) => std::fs::read(f.path()).unwrap(),
+            Staged::Dir(_) => panic!("expected a file"),
+        }
+    }
+
+    #[test]
+    fn plain_gzip_multimember_and_zip() {
+        let data = b"hello grib2 world".repeat(1000);
+        let (_t, d) = run(
+            &data,
+            &single(Compression::None, data.len() as u64),
+            1 << 20,
+        );
+        assert_eq!(file_bytes(&d.unwrap()), data);
+
+        let body = gz(&data);
+        let (_t, d) = run(
+            &body,
+            &single(Compression::Gzip, body.len() as u64),
+            1 << 20,
+        );
+        let d = d.unwrap();
+        assert_eq!(
+            (d.raw_bytes, d.bytes),
+            (body.len() as u64, data.len() as u64)
+        );
+        assert_eq!(file_bytes(&d), data);
+
+        let mut two = gz(b"first-");
+        two.extend(gz(b"second"));
+        let (_t, d) = run(&two, &single(Compression::Gzip, two.len() as u64), 1 << 20);
+        assert_eq!(
+            file_bytes(&d.unwrap()),
+            b"first-second",
+            "every gzip member is read"
+        );
+
+        let z = zip_of(&[("inner.bin", &data)]);
+        let (_t, d) = run(&z, &single(Compression::Zip, z.len() as u64), 1 << 20);
+        assert_eq!(file_bytes(&d.unwrap()), data);
+    }
+
+    #[test]
+    fn corrupt_truncated_and_trailing_bodies_are_errors() {
+        let data = b"0123456789".repeat(100);
+        let mut body = gz(&data);
+        let n = body.len();
+        body[n - 6] ^= 0xff; // inside the CRC/ISIZE trailer
+        let (_t, d) = run(&body, &single(Compression::Gzip, n as u64), 1 << 20);
+        assert!(matches!(d, Err(DecodeError::Corrupt(_))), "{d:?}");
+
+        let body = gz(&data);
+        let cut = &body[..body.len() / 2];
+        let (_t, d) = run(cut, &single(Compression::Gzip, body.len() as u64), 1 << 20);
+        assert!(matches!(d, Err(DecodeError::Corrupt(_))), "{d:?}");
+
+        let (_t, d) = run(&data[..500], &single(Compression::None, 1000), 1 << 20);
+        assert!(matches!(d, Err(DecodeError::Length(_))), "{d:?}");
+
+        let mut trailing = gz(&data);
+        trailing.extend_from_slice(b"garbage!");
+        let (_t, d) = run(
+            &trailing,
+            &single(Compression::Gzip, trailing.len() as u64),
+            1 << 20,
+        );
+        assert!(
+            d.is_err(),
+            "trailing garbage after the last member is refused"
+        );
+
+        let z = zip_of(&[("a", b"1"), ("b", b"2")]);
+        let (_t, d) = run(&z, &single(Compression::Zip, z.len() as u64), 1 << 20);
+        assert!(matches!(d, Err(DecodeError::Unsupported(_))), "{d:?}");
+        let (_t, d) = run(b"not a zip", &single(Compression::Zip, 9), 1 << 20);
+        assert!(matches!(d, Err(DecodeError::Corrupt(_))), "{d:?}");
+    }
+
+    #[test]
+    fn gzip_bomb_is_stopped_at_the_cap() {
+        let zeros = vec![0u8; 8 << 20];
+        let body = gz(&zeros);
+        assert!(body.len() < 64 * 1024);
+        let (tmp, d) = run(
+            &body,
+            &single(Compression::Gzip, body.len() as u64),
+            1 << 20,
+        );
+        assert!(matches!(d, Err(DecodeError::TooLarge { .. })), "{d:?}");
+        assert_eq!(
+            std::fs::read_dir(tmp.path()).unwrap().count(),
+            0,
+            "temp file removed"
+        );
+    }
+
+    #[test]
+    fn concat_is_split_by_announced_lengths() {
+        let children = [
+            ("a.dbf", vec![1u8; 226]),
+            ("a.shp", vec![2u8; 100]),
+            ("a.shx", vec![3u8; 100]),
+        ];
+        let joined: Vec<u8> = children.iter().flat_map(|(_, d)| d.clone()).collect();
+        let plan = Plan {
+            compression: Compression::Gzip,
+            layout: Layout::Concat {
+                children: children
+                    .iter()
+                    .map(|(n, d)| Child {
+                        name: n.to_string(),
+                        length: d.len() as u64,
+                    })
+                    .collect(),
+            },
+        };
+        let (_t, d) = run(&gz(&joined), &plan, 1 << 20);
+        let d = d.unwrap();
+        assert_eq!(d.bytes, 426);
+        let Staged::Dir(dir) = &d.staged else {
+            panic!()
+        };
+        for (name, data) in &children {
+            assert_eq!(&std::fs::read(dir.path().join(name)).unwrap(), data);
+        }
+
+        let (_t, d) = run(&gz(&joined[..400]), &plan, 1 << 20);
+        assert!(matches!(d, Err(DecodeError::Length(_))), "{d:?}");
+        let mut longer = joined.clone();
+        longer.push(9);
+        let (_t, d) = run(&gz(&longer), &plan, 1 << 20);
+        assert!(matches!(d, Err(DecodeError::Length(_))), "{d:?}");
+    }
+
+    #[test]
+    fn shutdown_is_not_mistaken_for_a_short_body() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let d = decode(
+            &b"abc"[..],
+            &single(Compression::None, 3),
+            tmp.path(),
+            1 << 20,
+            &cancel,
+        );
+        assert!(matches!(d, Err(DecodeError::Cancelled)), "{d:?}");
+    }
+}

@@ -1,0 +1,465 @@
+//! The downloader: a pool of workers fed from SQLite (never from memory), so a restart picks
+//! up exactly where the last run stopped.
+//!
+//! Per item: wait for a data-budget permit → claim the next due item (jmafile first, oldest
+//! first) → stream the body through the decompressor into `.tmp/` → fsync → rename into place →
+//! fsync the directory → mark done. A crash anywhere in between is harmless: partial files are
+//! swept on start, and an item left `fetching` whose final path exists was renamed but not yet
+//! recorded, so it is adopted instead of fetched again ([`Downloader::recover`]).
+//!
+//! Cancellation: shutdown interrupts a transfer (the item goes back to the queue, its attempt
+//! not counted); the rename and the final commit are never interrupted.
+
+pub mod decode;
+pub mod plan;
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use url::Url;
+
+use crate::api::{ApiError, Client};
+use crate::config::DownloadSettings;
+use crate::poll::FailureLog;
+use crate::state::{Claimed, Store, StoreError, now_ms};
+use crate::storage::{Storage, size_on_disk};
+use decode::{DecodeError, Decoded, Staged};
+use plan::Compression;
+
+/// Why one attempt at an item failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("placing the file: {0}")]
+    Place(io::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, PartialEq)]
+enum Next {
+    /// Try again later; counts toward `download.max_attempts`.
+    Retry {
+        base: Duration,
+        retry_after: Option<Duration>,
+    },
+    /// Permanent: mark the item failed.
+    Fail,
+    /// Not the item's fault (full disk, refused key): pause every worker, attempt not counted.
+    Pause { why: &'static str, wait: Duration },
+    /// Shutdown: back to the queue, attempt not counted.
+    Requeue,
+}
+
+fn is_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded
+}
+
+impl FetchError {
+    fn next(&self) -> Next {
+        let transient = Next::Retry {
+            base: Duration::from_secs(2),
+            retry_after: None,
+        };
+        match self {
+            FetchError::Api(e) => match e.status() {
+                Some(401) => Next::Pause {
+                    why: "the data host refused the API key (401); check api.key and its jmafile.data/archive.data permissions",
+                    wait: Duration::from_secs(300),
+                },
+                Some(429) => Next::Retry {
+                    base: Duration::from_secs(60),
+                    retry_after: e.retry_after(),
+                },
+                _ if e.is_transient() => Next::Retry {
+                    base: Duration::from_secs(2),
+                    retry_after: e.retry_after(),
+                },
+                _ => Next::Fail,
+            },
+            FetchError::Decode(e) => match e {
+                DecodeError::Network(_) | DecodeError::Corrupt(_) | DecodeError::Length(_) => {
+                    transient
+                }
+                DecodeError::TooLarge { .. } | DecodeError::Unsupported(_) => Next::Fail,
+                DecodeError::Disk { source, .. } => Self::disk(source),
+                DecodeError::Cancelled => Next::Requeue,
+            },
+            FetchError::Place(e) => Self::disk(e),
+            FetchError::Internal(_) => transient,
+        }
+    }
+
+    fn disk(e: &io::Error) -> Next {
+        if is_disk_full(e) {
+            Next::Pause {
+                why: "the data dir is full; downloads resume once space is freed",
+                wait: Duration::from_secs(30),
+            }
+        } else {
+            Next::Pause {
+                why: "cannot write to storage.data_dir (permissions? read-only filesystem?)",
+                wait: Duration::from_secs(60),
+            }
+        }
+    }
+}
+
+/// Outcome of one [`Downloader::step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Landed,
+    Retrying,
+    Failed,
+    /// Nothing due now.
+    Idle,
+    Cancelled,
+}
+
+pub struct Downloader {
+    store: Store,
+    client: Arc<Client>,
+    storage: Arc<Storage>,
+    settings: DownloadSettings,
+    wake: Arc<Notify>,
+    /// Set while storage or the key is unusable; every worker waits it out.
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl Downloader {
+    pub fn new(
+        store: Store,
+        client: Arc<Client>,
+        storage: Arc<Storage>,
+        settings: DownloadSettings,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Downloader {
+            store,
+            client,
+            storage,
+            settings,
+            wake,
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// Resolves items a previous run left `fetching`: adopted if their file is in place,
+    /// queued again otherwise. Returns (adopted, requeued).
+    pub async fn recover(&self) -> Result<(usize, usize), StoreError> {
+        let mut adopted = 0;
+        let mut requeued = 0;
+        for item in self.store.in_flight().await? {
+            match size_on_disk(&self.storage.abs(&item.path)) {
+                Ok(bytes) => {
+                    self.store.mark_done(item.seq, bytes, now_ms()).await?;
+                    info!(
+                        event = "adopted",
+                        source = item.source.as_str(),
+                        id = %item.id,
+                        serial = item.serial,
+                        classification = %item.classification,
+                        path = %item.path,
+                        bytes,
+                        "file was in place before the last run stopped; recorded as done without fetching again"
+                    );
+                    adopted += 1;
+                }
+                Err(_) => {
+                    self.store.mark_retry(item.seq, None, 0, true).await?;
+                    requeued += 1;
+                }
+            }
+        }
+        if requeued > 0 {
+            info!(
+                event = "requeued",
+                items = requeued,
+                "{requeued} interrupted download(s) queued again"
+            );
+        }
+        Ok((adopted, requeued))
+    }
+
+    fn paused(&self) -> Option<Instant> {
+        let p = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        p.filter(|t| *t > Instant::now())
+    }
+
+    /// Pauses all workers; true if this starts a new pause (log it then, not per item).
+    fn pause(&self, wait: Duration) -> bool {
+        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = p.is_none_or(|t| t <= Instant::now());
+        *p = Some(Instant::now() + wait);
+        fresh
+    }
+
+    /// Downloads at most one item.
+    pub async fn step(&self, cancel: &CancellationToken) -> Result<Step, StoreError> {
+        match self.store.next_due_ms().await? {
+            Some(due) if due <= now_ms() => {}
+            _ => return Ok(Step::Idle),
+        }
+        let permit = tokio::select! {
+            p = self.client.data_budget().acquire() => p,
+            _ = cancel.cancelled() => return Ok(Step::Cancelled),
+        };
+        let Some(item) = self.store.claim_next(now_ms()).await? else {
+            return Ok(Step::Idle); // another worker was quicker; the permit is refunded
+        };
+        let started = Instant::now();
+        let result = match self.fetch(&item, permit, cancel).await {
+            Ok(decoded) => self.place(&item, decoded).await,
+            Err(e) => Err(e),
+        };
+        let ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok((bytes, raw)) => {
+                self.store.mark_done(item.seq, bytes, now_ms()).await?;
+                let latency_ms = item.received_ms.map(|r| now_ms() - r);
+                info!(
+                    event = "landed",
+                    source = item.source.as_str(),
+                    id = %item.id,
+                    serial = item.serial,
+                    classification = %item.classification,
+                    bytes,
+                    raw_bytes = raw,
+                    ms,
+                    latency_ms,
+                    attempt = item.attempts,
+                    path = %item.path,
+                    "landed {}",
+                    item.path
+                );
+                Ok(Step::Landed)
+            }
+            Err(e) => self.failed(&item, e, ms).await,
+        }
+    }
+
+    async fn failed(&self, item: &Claimed, e: FetchError, ms: u64) -> Result<Step, StoreError> {
+        let error = e.to_string();
+        match e.next() {
+            Next::Requeue => {
+                self.store.mark_retry(item.seq, None, 0, false).await?;
+                debug!(event = "requeued", id = %item.id, "download interrupted by shutdown; queued again");
+                Ok(Step::Cancelled)
+            }
+            Next::Pause { why, wait } => {
+                self.store
+                    .mark_retry(
+                        item.seq,
+                        Some(&error),
+                        now_ms() + wait.as_millis() as i64,
+                        false,
+                    )
+                    .await?;
+                if self.pause(wait) {
+                    error!(
+                        event = "downloads_paused",
+                        id = %item.id,
+                        error = %error,
+                        pause_s = wait.as_secs(),
+                        "{why}; pausing downloads"
+                    );
+                }
+                Ok(Step::Retrying)
+            }
+            Next::Fail => {
+                self.store.mark_failed(item.seq, &error, now_ms()).await?;
+                error!(
+                    event = "failed",
+                    source = item.source.as_str(),
+                    id = %item.id,
+                    serial = item.serial,
+                    classification = %item.classification,
+                    attempt = item.attempts,
+                    ms,
+                    error = %error,
+                    "item failed permanently; it will not be fetched again (see `jma-poller status`)"
+                );
+                Ok(Step::Failed)
+            }
+            Next::Retry { .. } if item.attempts >= self.settings.max_attempts => {
+                let error = format!("gave up after {} attempts: {error}", item.attempts);
+                self.store.mark_failed(item.seq, &error, now_ms()).await?;
+                error!(
+                    event = "failed",
+                    source = item.source.as_str(),
+                    id = %item.id,
+                    serial = item.serial,
+                    classification = %item.classification,
+                    attempt = item.attempts,
+                    ms,
+                    error = %error,
+                    "item failed after download.max_attempts; it will not be fetched again"
+                );
+                Ok(Step::Failed)
+            }
+            Next::Retry { base, retry_after } => {
+                let wait = crate::backoff::honour_retry_after(
+                    crate::backoff::delay(item.attempts, base, Duration::from_secs(1800)),
+                    retry_after,
+                    Duration::from_secs(3600),
+                );
+                self.store
+                    .mark_retry(
+                        item.seq,
+                        Some(&error),
+                        now_ms() + wait.as_millis() as i64,
+                        true,
+                    )
+                    .await?;
+                warn!(
+                    event = "retry",
+                    source = item.source.as_str(),
+                    id = %item.id,
+                    serial = item.serial,
+                    classification = %item.classification,
+                    attempt = item.attempts,
+                    ms,
+                    retry_in_ms = wait.as_millis() as u64,
+                    error = %error,
+                    "download failed; will retry"
+                );
+                Ok(Step::Retrying)
+            }
+        }
+    }
+
+    /// GET the body and decode it into `.tmp/`.
+    async fn fetch(
+        &self,
+        item: &Claimed,
+        permit: crate::api::budget::Permit<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Decoded, FetchError> {
+        let url =
+            Url::parse(&item.url).map_err(|e| FetchError::Internal(format!("bad url: {e}")))?;
+        let response = tokio::select! {
+            r = self.client.get_data(&url, permit) => r?,
+            _ = cancel.cancelled() => return Err(DecodeError::Cancelled.into()),
+        };
+        let mut plan = item.plan.clone();
+        // The body's own header wins over the list: it describes the bytes we are about to read.
+        if let Some(h) = response
+            .headers()
+            .get("dmdata-compression")
+            .and_then(|v| v.to_str().ok())
+        {
+            match Compression::parse(Some(h)) {
+                Ok(c) if c != plan.compression => {
+                    warn!(event = "compression_mismatch", id = %item.id, header = h, "Dmdata-Compression differs from the list; using the header");
+                    plan.compression = c;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(DecodeError::Unsupported(e).into()),
+            }
+        }
+        let max = self.settings.max_size.as_u64();
+        if let Some(len) = response.content_length()
+            && len > max.saturating_add(max / 16 + 64 * 1024)
+        {
+            return Err(DecodeError::TooLarge { limit: max }.into());
+        }
+        let stream = response
+            .bytes_stream()
+            .map_err(io::Error::other)
+            .take_until(cancel.clone().cancelled_owned());
+        let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
+        let tmp = self.storage.tmp_dir().to_owned();
+        let cancel = cancel.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            decode::decode(reader, &plan, &tmp, max, &cancel)
+        })
+        .await
+        .map_err(|e| FetchError::Internal(format!("decoder task: {e}")))?
+        .map_err(FetchError::from)
+    }
+
+    /// Renames the staged output into place (durably). Returns (bytes, raw bytes).
+    async fn place(&self, item: &Claimed, decoded: Decoded) -> Result<(u64, u64), FetchError> {
+        let storage = self.storage.clone();
+        let rel = item.path.clone();
+        let Decoded {
+            staged,
+            raw_bytes,
+            bytes,
+        } = decoded;
+        tokio::task::spawn_blocking(move || match staged {
+            Staged::File(f) => storage.place_file(f, &rel),
+            Staged::Dir(d) => storage.place_dir(d, &rel),
+        })
+        .await
+        .map_err(|e| FetchError::Internal(format!("placing task: {e}")))?
+        .map_err(FetchError::Place)?;
+        Ok((bytes, raw_bytes))
+    }
+
+    /// One worker: steps until `cancel`, sleeping while idle or paused.
+    pub async fn run_worker(self: Arc<Self>, cancel: CancellationToken) {
+        let mut store_failures = FailureLog::default();
+        loop {
+            if let Some(until) = self.paused() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep_until(until) => {}
+                }
+            }
+            // Register for a wake-up before looking at the queue, so an item listed between
+            // the look and the wait is not missed.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.step(&cancel).await {
+                Ok(Step::Cancelled) => return,
+                Ok(Step::Idle) => {
+                    store_failures.recovered();
+                    let wait = match self.store.next_due_ms().await {
+                        Ok(Some(due)) => {
+                            Duration::from_millis((due - now_ms()).clamp(0, 60_000) as u64)
+                        }
+                        _ => Duration::from_secs(60),
+                    };
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Ok(_) => {
+                    store_failures.recovered();
+                }
+                Err(e) => {
+                    let n = store_failures.consecutive + 1;
+                    if store_failures.failed("store") {
+                        error!(event = "store_error", error = %e, "database error in the downloader; retrying");
+                    }
+                    let wait = crate::backoff::delay(
+                        n,
+                        Duration::from_millis(500),
+                        Duration::from_secs(30),
+                    );
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! jma-poller mirrors Japan Meteorological Agency data from the dmdata.jp API to local disk,
+//! and never loses an item.
+//!
+//! The parts, one module each:
+//! * [`config`] — layered settings (defaults → TOML → `JMA_POLLER__*` env), validation.
+//! * [`api`] — the dmdata.jp client: auth, trusted hosts, request budgets, typed errors.
+//! * [`state`] — the SQLite store (cursor, items, request log): the only SQL in the crate.
+//! * [`poll`] — scheduler tasks: JmaFile PuLL.
+//! * [`download`] — the worker pool: streaming fetch, decompress/split, verify, place.
+//! * [`storage`] — on-disk layout, safe names, atomic placement, temp sweep, data-dir lock.
+//! * [`telemetry`] — logging.
+//! * [`app`] — wiring and shutdown; [`cli`] — the command line.
+//! * [`sim`] — a simulator of the API for `demo` and the tests.
+
+pub mod api;
+pub mod app;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod download;
+pub mod poll;
+pub mod sim;
+pub mod state;
+pub mod storage;
+pub mod telemetry;

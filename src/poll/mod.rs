@@ -1,0 +1,42 @@
+//! Scheduler tasks that list new items and hand them to the downloader through SQLite.
+//! Each exposes a step (`poll_once`) that tests drive directly, and a thin `run` loop that only
+//! waits, backs off and watches for shutdown.
+
+pub mod jmafile;
+
+use std::time::Duration;
+
+/// Logs a failing task once per change of state instead of once per attempt, with a reminder
+/// every `REMIND` while it lasts, so a long outage does not flood the log.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    pub consecutive: u32,
+    last_kind: Option<String>,
+    last_logged: Option<tokio::time::Instant>,
+}
+
+const REMIND: Duration = Duration::from_secs(600);
+
+impl FailureLog {
+    /// Counts a failure; true when it should be logged at warn/error level.
+    pub fn failed(&mut self, kind: &str) -> bool {
+        self.consecutive += 1;
+        let now = tokio::time::Instant::now();
+        let changed = self.last_kind.as_deref() != Some(kind);
+        let due = self.last_logged.is_none_or(|t| now - t >= REMIND);
+        self.last_kind = Some(kind.to_owned());
+        if changed || due {
+            self.last_logged = Some(now);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Clears the failure state; returns how many failures preceded this success.
+    pub fn recovered(&mut self) -> u32 {
+        let n = self.consecutive;
+        *self = FailureLog::default();
+        n
+    }
+}

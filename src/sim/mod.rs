@@ -1,0 +1,342 @@
+//! A simulator of the dmdata.jp API (Project DM-D.S.S), faithful to `dmdata-api.md` §12, for
+//! `jma-poller demo` and the tests. It serves the list host and the data host on one port
+//! (`/v2/...` lists, `/v1/{id}` bodies) over real HTTP, keeps a log of every request, and has a
+//! knob for each fault the daemon must survive.
+//!
+//! Faithful points: Basic/Bearer/`?key=` auth with a JSON 401 on list paths and plain text on
+//! data paths; newest-first lists with `type` (one = prefix, several = exact) and `datetime`
+//! filters; opaque base64url cursor tokens; `nextPooling` always, `nextToken` only when more
+//! remain; `nextPoolingInterval`; the 1-month window (hidden from lists, 403 on bodies);
+//! `Dmdata-*` headers and no `Content-Encoding`; 429 from per-host budgets (50 per 5 minutes on
+//! data, 2000 per 10 minutes on lists); serials as strings.
+
+pub mod data;
+mod routes;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+pub use data::{ExpectedFile, ItemSpec, Kind, SimItem};
+
+/// Which end of a PuLL backlog larger than `limit` comes back first ([gap] in the docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BacklogOrder {
+    /// The newest `limit` items, with nextToken towards older ones.
+    NewestFirst,
+    /// The `limit` items just after the cursor; the next PuLL returns the following ones.
+    OldestFirst,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub key: String,
+    pub pooling_interval_ms: u64,
+    pub backlog_order: BacklogOrder,
+    /// Tokens older than this are refused with the documented 400.
+    pub token_ttl: Option<Duration>,
+    /// Body requests allowed per window (token bucket); None = unlimited.
+    pub data_limit: Option<(u32, Duration)>,
+    /// List requests allowed per window; None = unlimited.
+    pub api_limit: Option<(u32, Duration)>,
+    /// Retry-After seconds sent with a 429 (the WAF's real headers are undocumented).
+    pub retry_after_on_429: Option<u64>,
+    /// A second body request for the same id within this window gets the observed
+    /// 429 `Don't try to get the same data.`
+    pub repeat_fetch_window: Option<Duration>,
+    /// Items older than this are hidden from lists and 403 on bodies (the 1-month window).
+    pub retention: Duration,
+    /// Send `length` and `nextPoolingInterval` as strings too (the docs allow it).
+    pub numbers_as_strings: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            key: "sim-key".into(),
+            pooling_interval_ms: 1600,
+            backlog_order: BacklogOrder::NewestFirst,
+            token_ttl: None,
+            data_limit: Some((50, Duration::from_secs(300))),
+            api_limit: Some((2000, Duration::from_secs(600))),
+            retry_after_on_429: None,
+            repeat_fetch_window: None,
+            retention: Duration::from_secs(31 * 86_400),
+            numbers_as_strings: false,
+        }
+    }
+}
+
+/// A fault for the next list call(s).
+#[derive(Debug, Clone)]
+pub enum ListFault {
+    Status(u16),
+    /// Status with a `Retry-After: secs` header.
+    RetryAfter(u16, u64),
+    /// A 200 with this body (malformed JSON, missing fields …).
+    Body(String),
+    /// Answer after this delay.
+    Delay(Duration),
+}
+
+/// A fault for the next body request(s).
+#[derive(Debug, Clone)]
+pub enum DataFault {
+    Status(u16),
+    RetryAfter(u16, u64),
+    /// Send this many bytes, then break the connection.
+    Truncate(usize),
+    /// Flip a byte (a gzip body then fails its CRC).
+    Corrupt,
+    /// Send this many bytes, then go silent for the duration.
+    Stall(usize, Duration),
+}
+
+/// Random faults for soak runs: each request draws independently.
+#[derive(Debug, Clone, Default)]
+pub struct RandomFaults {
+    pub list_5xx: f64,
+    pub list_429: f64,
+    pub data_5xx: f64,
+    pub data_429: f64,
+    pub truncate: f64,
+    pub corrupt: f64,
+    pub stall: f64,
+    /// Probability that a list call first invalidates every token.
+    pub expire_tokens: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Consumed in order by `/v2/jmafile` calls.
+    pub list: VecDeque<ListFault>,
+    /// Consumed in order by body requests for any id.
+    pub data: VecDeque<DataFault>,
+    /// Consumed in order by body requests for that id.
+    pub data_for: HashMap<String, VecDeque<DataFault>>,
+    /// Refuse the key everywhere (a revoked key).
+    pub reject_key: bool,
+    pub random: Option<RandomFaults>,
+}
+
+/// How a request authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthSeen {
+    Basic,
+    Bearer,
+    QueryKey,
+    Wrong,
+    Missing,
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub received: Instant,
+    pub answered: Instant,
+    pub path: String,
+    pub query: String,
+    /// `polling` or `next` when a cursorToken was sent.
+    pub cursor_kind: Option<String>,
+    pub auth: AuthSeen,
+    pub status: u16,
+    /// Item id, for body requests.
+    pub id: Option<String>,
+    pub host: String,
+}
+
+impl Request {
+    pub fn is_list(&self) -> bool {
+        self.path.starts_with("/v2/")
+    }
+    /// A PuLL (or baseline) list call, as opposed to a nextToken page.
+    pub fn is_pull(&self) -> bool {
+        self.path == "/v2/jmafile" && self.cursor_kind.as_deref() != Some("next")
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    capacity: f64,
+    tokens: f64,
+    per_sec: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new((n, window): (u32, Duration)) -> Bucket {
+        Bucket {
+            capacity: n as f64,
+            tokens: n as f64,
+            per_sec: n as f64 / window.as_secs_f64(),
+            last: Instant::now(),
+        }
+    }
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + (now - self.last).as_secs_f64() * self.per_sec).min(self.capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct World {
+    items: Vec<SimItem>,
+    next_serial: u64,
+    /// Tokens issued before this epoch are refused (`expire_tokens`).
+    epoch: u64,
+    fetched_at: HashMap<String, Instant>,
+    rng_seed: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Mutex<SimConfig>,
+    world: Mutex<World>,
+    faults: Mutex<Faults>,
+    log: Mutex<Vec<Request>>,
+    data_bucket: Mutex<Option<Bucket>>,
+    api_bucket: Mutex<Option<Bucket>>,
+    rejected_429: std::sync::atomic::AtomicU64,
+    addr: SocketAddr,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running simulator. Cheap to clone; stops when [`Sim::stop`] is called or the process ends.
+#[derive(Debug, Clone)]
+pub struct Sim {
+    inner: Arc<Inner>,
+    stop: CancellationToken,
+}
+
+impl Sim {
+    /// Starts on `addr` (use `127.0.0.1:0` for a free port).
+    pub async fn start_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Sim> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            data_bucket: Mutex::new(config.data_limit.map(Bucket::new)),
+            api_bucket: Mutex::new(config.api_limit.map(Bucket::new)),
+            config: Mutex::new(config),
+            world: Mutex::new(World {
+                next_serial: 1,
+                rng_seed: 42,
+                ..World::default()
+            }),
+            faults: Mutex::new(Faults::default()),
+            log: Mutex::new(Vec::new()),
+            rejected_429: Default::default(),
+            addr,
+        });
+        let stop = CancellationToken::new();
+        let app = routes::router(inner.clone());
+        let until = stop.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(until.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "simulator stopped");
+            }
+        });
+        Ok(Sim { inner, stop })
+    }
+
+    pub async fn start(config: SimConfig) -> std::io::Result<Sim> {
+        Sim::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// `http://127.0.0.1:PORT`, the value for `api.base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    pub fn key(&self) -> String {
+        lock(&self.inner.config).key.clone()
+    }
+
+    pub fn config(&self) -> MutexGuard<'_, SimConfig> {
+        lock(&self.inner.config)
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.inner.faults)
+    }
+
+    /// Adds one item (received now unless the spec says otherwise).
+    pub fn add(&self, spec: ItemSpec) -> SimItem {
+        let now = OffsetDateTime::now_utc();
+        let mut w = lock(&self.inner.world);
+        let serial = w.next_serial;
+        w.next_serial += 1;
+        let item = data::build(serial, &spec, now);
+        w.items.push(item.clone());
+        item
+    }
+
+    /// Adds `n` items of a realistic mix.
+    pub fn add_random(&self, n: usize) -> Vec<SimItem> {
+        let specs: Vec<ItemSpec> = {
+            let mut w = lock(&self.inner.world);
+            let mut rng = fastrand::Rng::with_seed(w.rng_seed);
+            w.rng_seed = w.rng_seed.wrapping_add(n as u64 + 1);
+            (0..n).map(|_| data::random_spec(&mut rng)).collect()
+        };
+        specs.into_iter().map(|s| self.add(s)).collect()
+    }
+
+    pub fn items(&self) -> Vec<SimItem> {
+        lock(&self.inner.world).items.clone()
+    }
+
+    /// Every token issued so far is refused from now on (an expired cursor).
+    pub fn expire_tokens(&self) {
+        lock(&self.inner.world).epoch += 1;
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        lock(&self.inner.log).clone()
+    }
+
+    /// 429s the simulator's own budgets sent (not injected faults).
+    pub fn rate_limited(&self) -> u64 {
+        self.inner
+            .rejected_429
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Adds a random item every `every` until the simulator stops (demo).
+    pub fn spawn_generator(&self, every: Duration) {
+        let sim = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = sim.stop.cancelled() => return,
+                    _ = tick.tick() => { sim.add_random(1); }
+                }
+            }
+        });
+    }
+}

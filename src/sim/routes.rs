@@ -1,0 +1,629 @@
+//! HTTP side of the simulator.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::data::rfc3339;
+use super::{AuthSeen, BacklogOrder, DataFault, Inner, ListFault, Request, SimItem, lock};
+
+pub(super) fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/v2/jmafile", get(jmafile_list))
+        .route("/v1/{id}", get(jmafile_data))
+        .fallback(not_found)
+        .with_state(inner)
+}
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+fn response_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+fn json_error(status: u16, message: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({
+        "responseId": response_id(),
+        "responseTime": rfc3339(OffsetDateTime::now_utc()),
+        "status": "error",
+        "error": {"message": message, "code": status},
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+fn text_error(status: u16, message: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message.to_owned(),
+    )
+        .into_response()
+}
+
+fn with_retry_after(mut r: Response, secs: Option<u64>) -> Response {
+    if let Some(s) = secs
+        && let Ok(v) = HeaderValue::from_str(&s.to_string())
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+fn parse_query(raw: &Option<String>) -> Vec<(String, String)> {
+    raw.as_deref()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn check_auth(inner: &Inner, headers: &HeaderMap, q: &[(String, String)]) -> AuthSeen {
+    let key = lock(&inner.config).key.clone();
+    let reject = lock(&inner.faults).reject_key;
+    let seen = if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(b) = v.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+                .and_then(|d| String::from_utf8(d).ok());
+            match decoded.as_deref().and_then(|d| d.split_once(':')) {
+                Some((user, "")) if user == key => AuthSeen::Basic,
+                _ => AuthSeen::Wrong,
+            }
+        } else if let Some(t) = v.strip_prefix("Bearer ") {
+            if t.trim() == key {
+                AuthSeen::Bearer
+            } else {
+                AuthSeen::Wrong
+            }
+        } else {
+            AuthSeen::Wrong
+        }
+    } else if let Some(k) = param(q, "key") {
+        if k == key {
+            AuthSeen::QueryKey
+        } else {
+            AuthSeen::Wrong
+        }
+    } else {
+        AuthSeen::Missing
+    };
+    if reject && seen != AuthSeen::Missing {
+        AuthSeen::Wrong
+    } else {
+        seen
+    }
+}
+
+fn authorized(a: AuthSeen) -> bool {
+    matches!(a, AuthSeen::Basic | AuthSeen::Bearer | AuthSeen::QueryKey)
+}
+
+fn record(inner: &Inner, mut req: Request, resp: Response) -> Response {
+    req.status = resp.status().as_u16();
+    req.answered = Instant::now();
+    lock(&inner.log).push(req);
+    resp
+}
+
+fn host_of(headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn not_found(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let req = Request {
+        received: Instant::now(),
+        answered: Instant::now(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or("").to_owned(),
+        cursor_kind: None,
+        auth: AuthSeen::Missing,
+        status: 0,
+        id: None,
+        host: host_of(&headers),
+    };
+    let resp = if uri.path().starts_with("/v2/") {
+        json_error(404, "Not Found.")
+    } else {
+        text_error(404, "Not Found.")
+    };
+    record(&inner, req, resp)
+}
+
+// ---- cursor tokens: opaque base64url of "kind(12) serial.issued_ms.epoch" ----
+
+fn make_token(kind: &str, serial: u64, epoch: u64) -> String {
+    let issued = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    B64.encode(format!("{kind:<12}{serial}.{issued}.{epoch}"))
+}
+
+struct Token {
+    kind: String,
+    serial: u64,
+    issued_ms: i128,
+    epoch: u64,
+}
+
+fn parse_token(t: &str) -> Option<Token> {
+    let raw = String::from_utf8(B64.decode(t.trim_end_matches('=')).ok()?).ok()?;
+    if raw.len() < 13 {
+        return None;
+    }
+    let (kind, rest) = raw.split_at(12);
+    let mut parts = rest.split('.');
+    Some(Token {
+        kind: kind.trim().to_owned(),
+        serial: parts.next()?.parse().ok()?,
+        issued_ms: parts.next()?.parse().ok()?,
+        epoch: parts.next()?.parse().ok()?,
+    })
+    .filter(|t| t.kind == "polling" || t.kind == "next")
+}
+
+/// `datetime` bound: with an offset as given; bare values are read as JST (the docs do not
+/// say; JST is the reading that hurts a client sending UTC least, and the client must cope).
+fn parse_bound(s: &str) -> Option<OffsetDateTime> {
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(t) = crate::api::models::parse_time(s) {
+        if s.ends_with('Z') || s.contains('+') || s[10..].contains('-') {
+            return Some(t);
+        }
+        return Some(t.replace_offset(time::macros::offset!(+9)));
+    }
+    None
+}
+
+fn entry_json(item: &SimItem, origin: &str, strings: bool) -> Value {
+    if let Some(raw) = &item.raw_entry {
+        return raw.clone();
+    }
+    let mut headers = item.headers.clone();
+    if strings {
+        for h in &mut headers {
+            if let Some(n) = h.get("length").and_then(|l| l.as_u64()) {
+                h["length"] = json!(n.to_string());
+            }
+        }
+    }
+    json!({
+        "serial": item.serial.to_string(),
+        "id": item.id,
+        "classification": item.classification,
+        "headers": headers,
+        "receivedTime": rfc3339(item.received),
+        "format": item.format,
+        "compression": item.compression,
+        "url": format!("{}/v1/{}", item.url_origin.as_deref().unwrap_or(origin), item.id),
+    })
+}
+
+async fn jmafile_list(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q = parse_query(&raw);
+    let token_text = param(&q, "cursorToken").map(str::to_owned);
+    let parsed_token = token_text.as_deref().map(parse_token);
+    let req = Request {
+        received: Instant::now(),
+        answered: Instant::now(),
+        path: "/v2/jmafile".into(),
+        query: raw.clone().unwrap_or_default(),
+        cursor_kind: parsed_token
+            .as_ref()
+            .and_then(|t| t.as_ref().map(|t| t.kind.clone())),
+        auth: check_auth(&inner, &headers, &q),
+        status: 0,
+        id: None,
+        host: host_of(&headers),
+    };
+    if !authorized(req.auth) {
+        return record(&inner, req, json_error(401, "Authentication required."));
+    }
+    let config = lock(&inner.config).clone();
+    if let Some(b) = lock(&inner.api_bucket).as_mut()
+        && !b.take()
+    {
+        inner.rejected_429.fetch_add(1, Ordering::Relaxed);
+        let r = with_retry_after(
+            text_error(429, "Too Many Requests"),
+            config.retry_after_on_429,
+        );
+        return record(&inner, req, r);
+    }
+    // Injected faults.
+    let fault = {
+        let mut f = lock(&inner.faults);
+        let queued = f.list.pop_front();
+        queued.or_else(|| {
+            let r = f.random.clone()?;
+            let roll = fastrand::f64();
+            if roll < r.list_5xx {
+                Some(ListFault::Status(503))
+            } else if roll < r.list_5xx + r.list_429 {
+                Some(ListFault::RetryAfter(429, 1))
+            } else {
+                if fastrand::f64() < r.expire_tokens {
+                    lock(&inner.world).epoch += 1;
+                }
+                None
+            }
+        })
+    };
+    match fault {
+        Some(ListFault::Status(s)) => {
+            return record(&inner, req, json_error(s, "Simulated failure."));
+        }
+        Some(ListFault::RetryAfter(s, secs)) => {
+            let r = if s == 429 {
+                text_error(429, "Too Many Requests")
+            } else {
+                json_error(s, "Simulated failure.")
+            };
+            return record(&inner, req, with_retry_after(r, Some(secs)));
+        }
+        Some(ListFault::Body(b)) => {
+            let r = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                b,
+            )
+                .into_response();
+            return record(&inner, req, r);
+        }
+        Some(ListFault::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+
+    let limit: usize = match param(&q, "limit") {
+        None => 20,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                return record(
+                    &inner,
+                    req,
+                    json_error(400, "The query parameter `limit` must be 1 to 100."),
+                );
+            }
+        },
+    };
+    let types: Vec<String> = param(&q, "type")
+        .map(|t| {
+            t.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if types.len() > 5 {
+        return record(&inner, req, json_error(400, "Too many values in `type`."));
+    }
+    let (from, to) = match param(&q, "datetime") {
+        Some(r) => {
+            let (a, b) = r.split_once('~').unwrap_or((r, ""));
+            (parse_bound(a), parse_bound(b))
+        }
+        None => (None, None),
+    };
+    let now = OffsetDateTime::now_utc();
+    let world = lock(&inner.world);
+    let token = match parsed_token {
+        None => None,
+        Some(None) => {
+            drop(world);
+            return record(
+                &inner,
+                req,
+                json_error(400, "Unexpected data  of search query `cursorToken`."),
+            );
+        }
+        Some(Some(t)) => {
+            let expired = config.token_ttl.is_some_and(|ttl| {
+                (now.unix_timestamp_nanos() / 1_000_000 - t.issued_ms) > ttl.as_millis() as i128
+            });
+            if t.epoch < world.epoch || expired {
+                drop(world);
+                return record(
+                    &inner,
+                    req,
+                    json_error(400, "Unexpected data  of search query `cursorToken`."),
+                );
+            }
+            Some(t)
+        }
+    };
+    let retention = time::Duration::try_from(config.retention).unwrap_or(time::Duration::days(31));
+    let matches = |i: &&SimItem| {
+        i.received >= now - retention
+            && match types.len() {
+                0 => true,
+                1 => i.type_name.starts_with(&types[0]),
+                _ => types.contains(&i.type_name),
+            }
+            && from.is_none_or(|f| i.received >= f)
+            && to.is_none_or(|t| i.received < t)
+    };
+    let global_max = world.next_serial.saturating_sub(1);
+    // Newest first.
+    let mut visible: Vec<&SimItem> = world.items.iter().filter(matches).collect();
+    visible.sort_by_key(|i| std::cmp::Reverse(i.serial));
+    let (page, next_token, pooling_serial): (Vec<&SimItem>, Option<String>, u64) = match &token {
+        None => {
+            let more = visible.len() > limit;
+            let page: Vec<_> = visible.into_iter().take(limit).collect();
+            let next =
+                more.then(|| make_token("next", page.last().map_or(0, |i| i.serial), world.epoch));
+            (page, next, global_max)
+        }
+        Some(t) if t.kind == "next" => {
+            let older: Vec<_> = visible
+                .into_iter()
+                .filter(|i| i.serial < t.serial)
+                .collect();
+            let more = older.len() > limit;
+            let page: Vec<_> = older.into_iter().take(limit).collect();
+            let next =
+                more.then(|| make_token("next", page.last().map_or(0, |i| i.serial), world.epoch));
+            (page, next, global_max)
+        }
+        Some(t) => {
+            let newer: Vec<_> = visible
+                .iter()
+                .copied()
+                .filter(|i| i.serial > t.serial)
+                .collect();
+            if newer.len() <= limit {
+                (newer, None, global_max.max(t.serial))
+            } else {
+                let page: Vec<_> = match config.backlog_order {
+                    BacklogOrder::NewestFirst => newer.into_iter().take(limit).collect(),
+                    BacklogOrder::OldestFirst => {
+                        let n = newer.len();
+                        newer.into_iter().skip(n - limit).collect()
+                    }
+                };
+                let lowest = page.last().map_or(0, |i| i.serial);
+                let pooling = match config.backlog_order {
+                    BacklogOrder::NewestFirst => global_max,
+                    BacklogOrder::OldestFirst => page.first().map_or(t.serial, |i| i.serial),
+                };
+                (page, Some(make_token("next", lowest, world.epoch)), pooling)
+            }
+        }
+    };
+    let origin = format!("http://{}", inner.addr);
+    let items: Vec<Value> = page
+        .iter()
+        .map(|i| entry_json(i, &origin, config.numbers_as_strings))
+        .collect();
+    let interval: Value = if config.numbers_as_strings {
+        json!(config.pooling_interval_ms.to_string())
+    } else {
+        json!(config.pooling_interval_ms)
+    };
+    let mut body = json!({
+        "responseId": response_id(),
+        "responseTime": rfc3339(now),
+        "status": "ok",
+        "items": items,
+        "nextPooling": make_token("polling", pooling_serial, world.epoch),
+        "nextPoolingInterval": interval,
+    });
+    if let Some(t) = next_token {
+        body["nextToken"] = json!(t);
+    }
+    drop(world);
+    record(&inner, req, axum::Json(body).into_response())
+}
+
+async fn jmafile_data(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q = parse_query(&raw);
+    let req = Request {
+        received: Instant::now(),
+        answered: Instant::now(),
+        path: format!("/v1/{id}"),
+        query: raw.clone().unwrap_or_default(),
+        cursor_kind: None,
+        auth: check_auth(&inner, &headers, &q),
+        status: 0,
+        id: Some(id.clone()),
+        host: host_of(&headers),
+    };
+    if !authorized(req.auth) {
+        return record(&inner, req, text_error(401, "Authentication required."));
+    }
+    let config = lock(&inner.config).clone();
+    if let Some(b) = lock(&inner.data_bucket).as_mut()
+        && !b.take()
+    {
+        inner.rejected_429.fetch_add(1, Ordering::Relaxed);
+        let r = with_retry_after(
+            text_error(429, "Too Many Requests"),
+            config.retry_after_on_429,
+        );
+        return record(&inner, req, r);
+    }
+    let item = {
+        let w = lock(&inner.world);
+        w.items.iter().find(|i| i.id == id).cloned()
+    };
+    let Some(item) = item else {
+        return record(&inner, req, text_error(404, "Not Found."));
+    };
+    let now = OffsetDateTime::now_utc();
+    if item.received
+        < now - time::Duration::try_from(config.retention).unwrap_or(time::Duration::days(31))
+    {
+        return record(
+            &inner,
+            req,
+            text_error(403, "Out of the period you may view."),
+        );
+    }
+    if let Some(window) = config.repeat_fetch_window {
+        let w = lock(&inner.world);
+        if w.fetched_at.get(&id).is_some_and(|t| t.elapsed() < window) {
+            drop(w);
+            return record(
+                &inner,
+                req,
+                text_error(429, "Don't try to get the same data."),
+            );
+        }
+    }
+    let fault = {
+        let mut f = lock(&inner.faults);
+        let own = f.data_for.get_mut(&id).and_then(|v| v.pop_front());
+        own.or_else(|| f.data.pop_front()).or_else(|| {
+            let r = f.random.clone()?;
+            let roll = fastrand::f64();
+            let mut edge = r.data_5xx;
+            if roll < edge {
+                return Some(DataFault::Status(503));
+            }
+            edge += r.data_429;
+            if roll < edge {
+                return Some(DataFault::RetryAfter(429, 1));
+            }
+            edge += r.truncate;
+            if roll < edge {
+                return Some(DataFault::Truncate(item.body.len() / 2));
+            }
+            edge += r.corrupt;
+            if roll < edge {
+                return Some(DataFault::Corrupt);
+            }
+            edge += r.stall;
+            if roll < edge {
+                return Some(DataFault::Stall(
+                    item.body.len() / 3,
+                    Duration::from_secs(3600),
+                ));
+            }
+            None
+        })
+    };
+    match &fault {
+        Some(DataFault::Status(s)) => {
+            return record(&inner, req, text_error(*s, "Simulated failure."));
+        }
+        Some(DataFault::RetryAfter(s, secs)) => {
+            return record(
+                &inner,
+                req,
+                with_retry_after(text_error(*s, "Simulated failure."), Some(*secs)),
+            );
+        }
+        _ => {}
+    }
+    lock(&inner.world)
+        .fetched_at
+        .insert(id.clone(), Instant::now());
+
+    let mut payload = item.body.clone();
+    let mut extra_headers = Vec::new();
+    if param(&q, "headers") == Some("true") {
+        let mut prefix = serde_json::to_vec(&item.headers).unwrap_or_default();
+        prefix.push(b'\n');
+        extra_headers.push(("dmdata-headers-length", prefix.len().to_string()));
+        prefix.extend_from_slice(&payload);
+        payload = Bytes::from(prefix);
+    }
+    let body = match fault {
+        Some(DataFault::Corrupt) => {
+            let mut v = payload.to_vec();
+            if !v.is_empty() {
+                let at = v.len().saturating_sub(6).min(v.len() - 1);
+                v[at] ^= 0x5a;
+            }
+            Body::from(v)
+        }
+        Some(DataFault::Truncate(n)) => {
+            let head = payload.slice(..n.min(payload.len()));
+            let parts: Vec<Result<Bytes, std::io::Error>> = vec![
+                Ok(head),
+                Err(std::io::Error::other("simulated connection drop")),
+            ];
+            Body::from_stream(futures_util::stream::iter(parts))
+        }
+        Some(DataFault::Stall(n, d)) => {
+            let head = payload.slice(..n.min(payload.len()));
+            let tail = payload.slice(n.min(payload.len())..);
+            let s = futures_util::stream::unfold(0u8, move |step| {
+                let (head, tail) = (head.clone(), tail.clone());
+                async move {
+                    match step {
+                        0 => Some((Ok::<Bytes, std::io::Error>(head), 1)),
+                        1 => {
+                            tokio::time::sleep(d).await;
+                            Some((Ok(tail), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Body::from_stream(s)
+        }
+        _ => Body::from(payload),
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    set("dmdata-classification", &item.classification);
+    set("dmdata-filename", item.filename());
+    set("dmdata-format", &item.format);
+    if let Some(c) = item.compression {
+        set("dmdata-compression", c);
+    }
+    for (k, v) in extra_headers {
+        set(k, &v);
+    }
+    record(&inner, req, resp)
+}

@@ -1,0 +1,645 @@
+//! The state store: the only module with SQL. One SQLite file (WAL, `synchronous=FULL`) holds
+//! the poll cursor, every listed item with its download state, and the log of body requests.
+//!
+//! Promises:
+//! * every write is one transaction, and writers take the lock up front (`BEGIN IMMEDIATE`),
+//!   so concurrent processes (the daemon, `status`, `backfill`) wait instead of failing;
+//! * inserts are idempotent on `(source, id)`: listing an item twice never downloads it twice;
+//! * progress lives in rows, not in memory, so a restart (even after `kill -9`) resumes.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::download::plan::Plan;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage.database {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("storage.database {}: cannot apply the schema: {source} (is this a jma-poller database from a newer version, or another program's file?)", path.display())]
+    Migrate {
+        path: PathBuf,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("storage.database {}: no database yet (the daemon creates it on first start)", path.display())]
+    Missing { path: PathBuf },
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database row for item {id}: {detail}")]
+    BadRow { id: String, detail: String },
+}
+
+/// Milliseconds since the Unix epoch, the time unit of every column.
+pub fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Jmafile,
+    Archive,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Jmafile => "jmafile",
+            Source::Archive => "archive",
+        }
+    }
+    fn parse(s: &str) -> Option<Source> {
+        match s {
+            "jmafile" => Some(Source::Jmafile),
+            "archive" => Some(Source::Archive),
+            _ => None,
+        }
+    }
+}
+
+/// The PuLL position of one list endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub token: Option<String>,
+    /// Filters the token was obtained with, as JSON; resent with it.
+    pub query: String,
+    pub high_serial: Option<u64>,
+    pub last_received_ms: Option<i64>,
+    pub interval_ms: Option<i64>,
+    pub last_poll_ms: Option<i64>,
+}
+
+/// A listed item to record. `refused` items are stored as failed right away.
+#[derive(Debug, Clone)]
+pub struct NewItem {
+    pub source: Source,
+    pub id: String,
+    pub serial: Option<u64>,
+    pub classification: String,
+    pub received_ms: Option<i64>,
+    pub url: String,
+    pub plan: Option<Plan>,
+    pub path: Option<String>,
+    pub refused: Option<String>,
+}
+
+/// An item claimed for download.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub seq: i64,
+    pub source: Source,
+    pub id: String,
+    pub serial: Option<u64>,
+    pub classification: String,
+    pub received_ms: Option<i64>,
+    pub url: String,
+    pub plan: Plan,
+    pub path: String,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StateCount {
+    pub source: String,
+    pub state: String,
+    pub items: i64,
+    pub bytes: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentError {
+    pub source: String,
+    pub id: String,
+    pub classification: String,
+    pub state: String,
+    pub attempts: i64,
+    pub error: String,
+    pub at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CursorStatus {
+    pub name: String,
+    pub has_token: bool,
+    pub high_serial: Option<i64>,
+    pub interval_ms: Option<i64>,
+    pub last_poll_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub cursors: Vec<CursorStatus>,
+    pub counts: Vec<StateCount>,
+    pub last_landed_ms: Option<i64>,
+    pub recent_errors: Vec<RecentError>,
+}
+
+/// What `commit_poll` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub inserted: usize,
+    pub refused: usize,
+    pub duplicates: usize,
+    /// Per input item: true if this call inserted it (false for a duplicate).
+    pub new: Vec<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and brings the schema up to date.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit survives power loss, not just a process crash. Writes are few
+            // (one per poll and two per item), so the extra fsync is cheap.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Store { pool })
+    }
+
+    /// Opens an existing database for reading only (`status` while the daemon runs).
+    pub async fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing {
+                path: path.to_owned(),
+            });
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        // A foreign file opens fine but has none of our tables: say so plainly.
+        let ours: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('items', 'cursors')",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        if ours != 2 {
+            return Err(StoreError::Open {
+                path: path.to_owned(),
+                source: sqlx::Error::Protocol("not a jma-poller database".into()),
+            });
+        }
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn cursor(&self, name: &str) -> Result<Option<Cursor>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token, query, high_serial, last_received_ms, interval_ms, last_poll_ms
+             FROM cursors WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Cursor {
+            token: r.get("token"),
+            query: r.get("query"),
+            high_serial: r.get::<Option<i64>, _>("high_serial").map(|s| s as u64),
+            last_received_ms: r.get("last_received_ms"),
+            interval_ms: r.get("interval_ms"),
+            last_poll_ms: r.get("last_poll_ms"),
+        }))
+    }
+
+    /// Records one poll: the new items and the new cursor, in one transaction, so a crash
+    /// can never advance the cursor past items that were not saved.
+    pub async fn commit_poll(
+        &self,
+        name: &str,
+        cursor: &Cursor,
+        items: &[NewItem],
+        now: i64,
+    ) -> Result<Committed, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut done = Committed::default();
+        for item in items {
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM items WHERE source = ? AND id = ?")
+                    .bind(item.source.as_str())
+                    .bind(&item.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if exists.is_some() {
+                done.duplicates += 1;
+                done.new.push(false);
+                continue;
+            }
+            let mut path = item.path.clone();
+            if let Some(p) = &path {
+                let taken: Option<i64> = sqlx::query_scalar("SELECT seq FROM items WHERE path = ?")
+                    .bind(p)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if taken.is_some() {
+                    let unique = crate::download::plan::disambiguate(p, &item.id);
+                    tracing::warn!(
+                        event = "path_collision",
+                        id = %item.id,
+                        path = %p,
+                        using = %unique,
+                        "another item already owns this path; storing this one beside it"
+                    );
+                    path = Some(unique);
+                }
+            }
+            let plan = match &item.plan {
+                Some(p) => serde_json::to_string(p).map_err(|e| StoreError::BadRow {
+                    id: item.id.clone(),
+                    detail: e.to_string(),
+                })?,
+                None => "null".to_owned(),
+            };
+            let (state, finished) = match &item.refused {
+                Some(_) => ("failed", Some(now)),
+                None => ("pending", None),
+            };
+            sqlx::query(
+                "INSERT INTO items (source, id, serial, classification, received_ms, url, plan,
+                                    state, priority, last_error, path, listed_ms, finished_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(item.source.as_str())
+            .bind(&item.id)
+            .bind(item.serial.map(|s| s as i64))
+            .bind(&item.classification)
+            .bind(item.received_ms)
+            .bind(&item.url)
+            .bind(plan)
+            .bind(state)
+            .bind(match item.source {
+                Source::Jmafile => 0i64,
+                Source::Archive => 1,
+            })
+            .bind(&item.refused)
+            .bind(path)
+            .bind(now)
+            .bind(finished)
+            .execute(&mut *tx)
+            .await?;
+            if item.refused.is_some() {
+                done.refused += 1;
+            } else {
+                done.inserted += 1;
+            }
+            done.new.push(true);
+        }
+        sqlx::query(
+            "INSERT INTO cursors (name, token, query, high_serial, last_received_ms, interval_ms,
+                                  last_poll_ms, last_error, last_error_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)
+             ON CONFLICT (name) DO UPDATE SET
+                token = excluded.token, query = excluded.query,
+                high_serial = excluded.high_serial, last_received_ms = excluded.last_received_ms,
+                interval_ms = excluded.interval_ms, last_poll_ms = excluded.last_poll_ms,
+                last_error = NULL, last_error_ms = NULL",
+        )
+        .bind(name)
+        .bind(&cursor.token)
+        .bind(&cursor.query)
+        .bind(cursor.high_serial.map(|s| s as i64))
+        .bind(cursor.last_received_ms)
+        .bind(cursor.interval_ms)
+        .bind(cursor.last_poll_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Notes a failed poll for `status`; the cursor itself is left alone.
+    pub async fn record_poll_error(
+        &self,
+        name: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cursors (name, last_error, last_error_ms) VALUES (?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error,
+                                              last_error_ms = excluded.last_error_ms",
+        )
+        .bind(name)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Drops the cursor token (after the API refused it), keeping serial and times.
+    pub async fn clear_cursor_token(&self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE cursors SET token = NULL WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Claims the next due item (jmafile before archives, oldest first) and logs the body
+    /// request it is about to make, in one transaction.
+    pub async fn claim_next(&self, now: i64) -> Result<Option<Claimed>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "UPDATE items SET state = 'fetching', attempts = attempts + 1, started_ms = ?1
+             WHERE seq = (SELECT seq FROM items
+                          WHERE state = 'pending' AND next_attempt_ms <= ?1
+                          ORDER BY priority, received_ms, serial LIMIT 1)
+             RETURNING seq, source, id, serial, classification, received_ms, url, plan, path, attempts",
+        )
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        sqlx::query("INSERT INTO fetch_log (at_ms) VALUES (?)")
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(claimed_from_row(&row)?))
+    }
+
+    /// Items a previous run left in `fetching` (it crashed or was killed mid-download).
+    pub async fn in_flight(&self) -> Result<Vec<Claimed>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, source, id, serial, classification, received_ms, url, plan, path, attempts
+             FROM items WHERE state = 'fetching'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(claimed_from_row).collect()
+    }
+
+    pub async fn mark_done(&self, seq: i64, bytes: u64, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE items SET state = 'done', bytes = ?, finished_ms = ?, last_error = NULL
+             WHERE seq = ?",
+        )
+        .bind(bytes as i64)
+        .bind(now)
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Back to the queue after `next_ms`. `count_attempt = false` undoes the claim's attempt
+    /// (shutdown, a full disk or a refused key are not the item's fault).
+    pub async fn mark_retry(
+        &self,
+        seq: i64,
+        error: Option<&str>,
+        next_ms: i64,
+        count_attempt: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE items SET state = 'pending', next_attempt_ms = ?,
+                              last_error = COALESCE(?, last_error),
+                              attempts = attempts - ?
+             WHERE seq = ?",
+        )
+        .bind(next_ms)
+        .bind(error)
+        .bind(if count_attempt { 0i64 } else { 1 })
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_failed(&self, seq: i64, error: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE items SET state = 'failed', last_error = ?, finished_ms = ? WHERE seq = ?",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// When the earliest waiting item becomes due, if any item is waiting.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(next_attempt_ms) FROM items WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Body requests started since `since_ms` (to restore the data budget after a restart),
+    /// pruning entries older than a day.
+    pub async fn recent_fetches(&self, since_ms: i64, now: i64) -> Result<Vec<i64>, StoreError> {
+        sqlx::query("DELETE FROM fetch_log WHERE at_ms < ?")
+            .bind(now - 86_400_000)
+            .execute(&self.pool)
+            .await?;
+        Ok(
+            sqlx::query_scalar("SELECT at_ms FROM fetch_log WHERE at_ms >= ? ORDER BY at_ms")
+                .bind(since_ms)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, StoreError> {
+        let cursors = sqlx::query(
+            "SELECT name, token IS NOT NULL AS has_token, high_serial, interval_ms, last_poll_ms,
+                    last_error, last_error_ms FROM cursors ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| CursorStatus {
+            name: r.get("name"),
+            has_token: r.get("has_token"),
+            high_serial: r.get("high_serial"),
+            interval_ms: r.get("interval_ms"),
+            last_poll_ms: r.get("last_poll_ms"),
+            last_error: r.get("last_error"),
+            last_error_ms: r.get("last_error_ms"),
+        })
+        .collect();
+        let counts = sqlx::query(
+            "SELECT source, state, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b
+             FROM items GROUP BY source, state ORDER BY source, state",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| StateCount {
+            source: r.get("source"),
+            state: r.get("state"),
+            items: r.get("n"),
+            bytes: r.get("b"),
+        })
+        .collect();
+        let last_landed_ms =
+            sqlx::query_scalar("SELECT MAX(finished_ms) FROM items WHERE state = 'done'")
+                .fetch_one(&self.pool)
+                .await?;
+        let recent_errors = sqlx::query(
+            "SELECT source, id, classification, state, attempts, last_error,
+                    COALESCE(finished_ms, started_ms) AS at_ms
+             FROM items
+             WHERE state = 'failed' OR (state = 'pending' AND last_error IS NOT NULL)
+             ORDER BY COALESCE(finished_ms, started_ms) DESC LIMIT 5",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| RecentError {
+            source: r.get("source"),
+            id: r.get("id"),
+            classification: r.get("classification"),
+            state: r.get("state"),
+            attempts: r.get("attempts"),
+            error: r.get::<Option<String>, _>("last_error").unwrap_or_default(),
+            at_ms: r.get("at_ms"),
+        })
+        .collect();
+        Ok(StatusReport {
+            cursors,
+            counts,
+            last_landed_ms,
+            recent_errors,
+        })
+    }
+
+    /// State, attempts, error and path of one item (tests and diagnostics).
+    pub async fn item_state(
+        &self,
+        source: Source,
+        id: &str,
+    ) -> Result<Option<(String, i64, Option<String>, Option<String>)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT state, attempts, last_error, path FROM items WHERE source = ? AND id = ?",
+        )
+        .bind(source.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            (
+                r.get("state"),
+                r.get("attempts"),
+                r.get("last_error"),
+                r.get("path"),
+            )
+        }))
+    }
+
+    /// `PRAGMA integrity_check`, for tests and `status --check`.
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Every done item's path and bytes (to compare the database with the disk).
+    pub async fn done_paths(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, path, bytes FROM items WHERE state = 'done' ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get("id"),
+                    r.get::<Option<String>, _>("path").unwrap_or_default(),
+                    r.get::<Option<i64>, _>("bytes").unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+}
+
+fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Claimed, StoreError> {
+    let id: String = row.get("id");
+    let bad = |detail: String| StoreError::BadRow {
+        id: id.clone(),
+        detail,
+    };
+    let source: String = row.get("source");
+    let plan: String = row.get("plan");
+    Ok(Claimed {
+        seq: row.get("seq"),
+        source: Source::parse(&source).ok_or_else(|| bad(format!("unknown source {source:?}")))?,
+        serial: row.get::<Option<i64>, _>("serial").map(|s| s as u64),
+        classification: row.get("classification"),
+        received_ms: row.get("received_ms"),
+        url: row.get("url"),
+        plan: serde_json::from_str(&plan).map_err(|e| bad(format!("plan: {e}")))?,
+        path: row
+            .get::<Option<String>, _>("path")
+            .ok_or_else(|| bad("no path".into()))?,
+        attempts: row.get::<i64, _>("attempts").max(0) as u32,
+        id,
+    })
+}

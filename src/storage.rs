@@ -1,0 +1,341 @@
+//! The data directory: layout, safe names, and durable placement.
+//!
+//! Layout (relative to `storage.data_dir`):
+//! * `jmafile/{classification}/{YYYY-MM-DD}/{name}` — one file per item, date = UTC date of
+//!   `receivedTime`; a `concat` item is a folder of its children.
+//! * `.tmp/` — partial files. Everything here is garbage after a crash and is removed on start.
+//! * `.lock` — held by the running daemon so two daemons never share a data dir.
+//!
+//! Durability promise: a file or folder appears under its final name only complete and fsynced
+//! (write to `.tmp/`, fsync, rename, fsync the directory), so a path that exists is a whole item.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tempfile::{NamedTempFile, TempDir};
+use time::OffsetDateTime;
+
+pub const TMP_DIR: &str = ".tmp";
+const LOCK_FILE: &str = ".lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage.data_dir {}: {source}", path.display())]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "another jma-poller is already running on {} (it holds {}); stop it first or use another storage.data_dir",
+        path.display(), lock.display()
+    )]
+    Locked { path: PathBuf, lock: PathBuf },
+}
+
+/// A name from the API that must not become a path component.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("unsafe name {name:?}: {reason}")]
+pub struct NameError {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+/// Accepts `name` as a single path component, or says why not: no separators, no `..`, no
+/// NUL or control characters, not empty, at most 255 bytes.
+pub fn safe_component(name: &str) -> Result<&str, NameError> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name == "." || name.contains("..") {
+        Some("contains '..' or is '.'")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("contains a path separator (absolute or nested path)")
+    } else if name.chars().any(|c| c.is_control()) {
+        Some("contains NUL or control characters")
+    } else if name.len() > 255 {
+        Some("longer than 255 bytes")
+    } else if name == TMP_DIR || name == LOCK_FILE {
+        Some("reserved name")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(NameError {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(name),
+    }
+}
+
+/// `jmafile/{classification}/{YYYY-MM-DD}/{leaf}`, every component checked.
+pub fn jmafile_rel_path(
+    classification: &str,
+    received: OffsetDateTime,
+    leaf: &str,
+) -> Result<String, NameError> {
+    let date = received.to_offset(time::UtcOffset::UTC).date();
+    Ok(format!(
+        "jmafile/{}/{:04}-{:02}-{:02}/{}",
+        safe_component(classification)?,
+        date.year(),
+        u8::from(date.month()),
+        date.day(),
+        safe_component(leaf)?
+    ))
+}
+
+/// fsync a directory, so a rename or create inside it survives power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// `create_dir_all`, plus an fsync of each parent that gained a new entry.
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Total size of a file, or of the files directly inside a folder (a concat item).
+pub fn size_on_disk(path: &Path) -> io::Result<u64> {
+    let meta = fs::metadata(path)?;
+    if meta.is_dir() {
+        let mut total = 0;
+        for entry in fs::read_dir(path)? {
+            total += entry?.metadata()?.len();
+        }
+        Ok(total)
+    } else {
+        Ok(meta.len())
+    }
+}
+
+/// The data directory of a running daemon.
+#[derive(Debug)]
+pub struct Storage {
+    data_dir: PathBuf,
+    tmp_dir: PathBuf,
+    /// Held for the life of the process; the OS releases it even on kill -9.
+    _lock: Option<File>,
+}
+
+impl Storage {
+    /// Creates the data dir, takes the lock, and removes partial files left by a crash.
+    pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        let io_err = |source| StorageError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(data_dir).map_err(io_err)?;
+        let lock_path = data_dir.join(LOCK_FILE);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Locked {
+                    path: data_dir.to_owned(),
+                    lock: lock_path,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        }
+        let storage = Storage {
+            data_dir: data_dir.to_owned(),
+            tmp_dir: data_dir.join(TMP_DIR),
+            _lock: Some(lock),
+        };
+        storage.sweep_tmp().map_err(io_err)?;
+        fs::create_dir_all(&storage.tmp_dir).map_err(io_err)?;
+        // A probe write: a read-only or full data dir should fail now, naming the setting,
+        // not on the first download.
+        NamedTempFile::new_in(&storage.tmp_dir).map_err(io_err)?;
+        Ok(storage)
+    }
+
+    /// Removes everything under `.tmp/`; returns how many entries were removed.
+    fn sweep_tmp(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        let entries = match fs::read_dir(&self.tmp_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+            removed += 1;
+        }
+        if removed > 0 {
+            tracing::info!(
+                event = "tmp_swept",
+                removed,
+                "removed {removed} partial file(s) left by an earlier crash"
+            );
+        }
+        Ok(removed)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    pub fn abs(&self, rel: &str) -> PathBuf {
+        self.data_dir.join(rel)
+    }
+
+    pub fn temp_file(&self) -> io::Result<NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("item-")
+            .tempfile_in(&self.tmp_dir)
+    }
+
+    pub fn temp_dir(&self) -> io::Result<TempDir> {
+        tempfile::Builder::new()
+            .prefix("item-")
+            .tempdir_in(&self.tmp_dir)
+    }
+
+    /// Moves a finished, fsynced temp file to `rel` and makes the rename durable.
+    pub fn place_file(&self, tmp: NamedTempFile, rel: &str) -> io::Result<PathBuf> {
+        let dest = self.abs(rel);
+        let parent = dest.parent().unwrap_or(&self.data_dir).to_owned();
+        create_dirs_durably(&parent)?;
+        tmp.persist(&dest).map_err(|e| e.error)?;
+        sync_dir(&parent)?;
+        Ok(dest)
+    }
+
+    /// Moves a finished staging folder (files and folder fsynced) to `rel`, replacing a stale
+    /// folder of that name if one is there.
+    pub fn place_dir(&self, tmp: TempDir, rel: &str) -> io::Result<PathBuf> {
+        let dest = self.abs(rel);
+        let parent = dest.parent().unwrap_or(&self.data_dir).to_owned();
+        create_dirs_durably(&parent)?;
+        if dest.exists() {
+            // Only reachable when something else created this path (our own finished items
+            // are never placed twice); keep the swap crash-safe by moving it into .tmp first.
+            let trash = self.temp_dir()?;
+            let aside = trash.path().join("stale");
+            fs::rename(&dest, &aside)?;
+            drop(trash);
+        }
+        let staged = tmp.keep();
+        if let Err(e) = fs::rename(&staged, &dest) {
+            let _ = fs::remove_dir_all(&staged);
+            return Err(e);
+        }
+        sync_dir(&parent)?;
+        Ok(dest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/../b",
+            "/etc/passwd",
+            "a/b",
+            "a\\b",
+            "x\0y",
+            "tab\tname",
+            ".tmp",
+            ".lock",
+        ] {
+            assert!(safe_component(bad).is_err(), "{bad:?} should be refused");
+        }
+        let long = "a".repeat(256);
+        assert!(safe_component(&long).is_err());
+        for good in [
+            "Z__C_RJTD_20240525083000_SRF_GPV_grib2.bin",
+            "a.b.c",
+            "日本.bin",
+            ".hidden",
+        ] {
+            assert_eq!(safe_component(good).unwrap(), good);
+        }
+    }
+
+    #[test]
+    fn layout_uses_the_utc_date() {
+        let t = time::macros::datetime!(2024-05-26 08:35:00 +09:00);
+        assert_eq!(
+            jmafile_rel_path("jmafile.rdr-nc5min", t, "x.bin").unwrap(),
+            "jmafile/jmafile.rdr-nc5min/2024-05-25/x.bin"
+        );
+        assert!(jmafile_rel_path("../etc", t, "x").is_err());
+    }
+
+    #[test]
+    fn second_open_is_refused_and_tmp_is_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let err = Storage::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StorageError::Locked { .. }), "{err}");
+        let mut leftover = s.temp_file().unwrap();
+        leftover.write_all(b"partial").unwrap();
+        let (_f, path) = leftover.keep().unwrap();
+        drop(s);
+        assert!(path.exists());
+        let _s = Storage::open(dir.path()).unwrap();
+        assert!(!path.exists(), "partial file swept on start");
+    }
+
+    #[test]
+    fn placement_creates_dirs_and_replaces_stale_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let mut f = s.temp_file().unwrap();
+        f.write_all(b"hello").unwrap();
+        let p = s.place_file(f, "jmafile/c/2024-01-01/a.bin").unwrap();
+        assert_eq!(fs::read(p).unwrap(), b"hello");
+
+        fs::create_dir_all(s.abs("jmafile/c/2024-01-01/folder")).unwrap();
+        fs::write(s.abs("jmafile/c/2024-01-01/folder/old"), b"x").unwrap();
+        let staging = s.temp_dir().unwrap();
+        fs::write(staging.path().join("new"), b"yy").unwrap();
+        let p = s.place_dir(staging, "jmafile/c/2024-01-01/folder").unwrap();
+        assert!(p.join("new").exists() && !p.join("old").exists());
+        assert_eq!(size_on_disk(&p).unwrap(), 2);
+        assert_eq!(
+            fs::read_dir(s.tmp_dir()).unwrap().count(),
+            0,
+            "nothing left in .tmp"
+        );
+    }
+}
