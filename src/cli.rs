@@ -50,7 +50,7 @@ pub enum Command {
         #[arg(long, default_value = "./demo-data")]
         data_dir: PathBuf,
         /// How often the simulator publishes a new item.
-        #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
         every: Duration,
     },
     /// Serve only the simulator (for trying things by hand, or benchmarks).

@@ -78,8 +78,14 @@ impl FetchError {
                     why: "the data host refused the API key (401); check api.key and its jmafile.data/archive.data permissions",
                     wait: Duration::from_secs(300),
                 },
+                // With Retry-After the server said when; without it, start slow: the provider
+                // has been seen blocking a repeatedly fetched id for about 40 minutes.
                 Some(429) => Next::Retry {
-                    base: Duration::from_secs(60),
+                    base: if e.retry_after().is_some() {
+                        Duration::from_secs(2)
+                    } else {
+                        Duration::from_secs(30)
+                    },
                     retry_after: e.retry_after(),
                 },
                 _ if e.is_transient() => Next::Retry {
@@ -240,8 +246,7 @@ impl Downloader {
                     latency_ms,
                     attempt = item.attempts,
                     path = %item.path,
-                    "landed {}",
-                    item.path
+                    "landed"
                 );
                 Ok(Step::Landed)
             }

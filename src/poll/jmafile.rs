@@ -96,13 +96,6 @@ impl Entry {
         }
     }
 
-    fn serial(&self) -> Option<u64> {
-        match self {
-            Entry::Ok(i) => Some(i.serial),
-            Entry::Bad { serial, .. } => *serial,
-        }
-    }
-
     fn id(&self) -> Option<&str> {
         match self {
             Entry::Ok(i) => Some(&i.id),
@@ -251,14 +244,15 @@ impl JmaFilePoller {
             let mut reached = false;
             for raw in page.items {
                 let entry = Entry::parse(raw);
-                if let Some(s) = entry.serial() {
+                // Only a well-formed item moves the paging bounds: a garbled entry's serial
+                // could be anything, and trusting it could make us stop paging too early.
+                if let Entry::Ok(item) = &entry {
+                    let s = item.serial;
                     high_serial = Some(high_serial.map_or(s, |h| h.max(s)));
                     if stop_serial.is_some_and(|known| s <= known) {
                         reached = true;
                         continue;
                     }
-                }
-                if let Entry::Ok(item) = &entry {
                     let ms = time_to_ms(item.received_time);
                     last_received_ms = Some(last_received_ms.map_or(ms, |l| l.max(ms)));
                     if horizon.is_some_and(|h| item.received_time < h) {

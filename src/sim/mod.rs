@@ -198,6 +198,7 @@ struct World {
     epoch: u64,
     fetched_at: HashMap<String, Instant>,
     rng_seed: u64,
+    last_received: Option<OffsetDateTime>,
 }
 
 #[derive(Debug)]
@@ -283,10 +284,18 @@ impl Sim {
         lock(&self.inner.faults)
     }
 
-    /// Adds one item (received now unless the spec says otherwise).
+    /// Adds one item, received now unless the spec says otherwise. Items added in a burst are
+    /// spaced a second apart, as real products are, so their file names (which carry the
+    /// time to the second) stay distinct.
     pub fn add(&self, spec: ItemSpec) -> SimItem {
-        let now = OffsetDateTime::now_utc();
         let mut w = lock(&self.inner.world);
+        let mut now = OffsetDateTime::now_utc();
+        if spec.received.is_none() {
+            if let Some(last) = w.last_received {
+                now = now.max(last + time::Duration::seconds(1));
+            }
+            w.last_received = Some(now);
+        }
         let serial = w.next_serial;
         w.next_serial += 1;
         let item = data::build(serial, &spec, now);

@@ -1,0 +1,211 @@
+//! Shared helpers: a simulator on 127.0.0.1:0, a temp data dir with a real SQLite file, and the
+//! real daemon, either in-process (`app::run`) or as the real binary.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jma_poller::config::{Secret, Settings};
+use jma_poller::sim::{Sim, SimConfig, SimItem};
+use jma_poller::state::Store;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A simulator tuned for tests: short PuLL interval, no rate limits unless asked.
+pub async fn sim(interval_ms: u64) -> Sim {
+    init_logs();
+    Sim::start(SimConfig {
+        pooling_interval_ms: interval_ms,
+        data_limit: None,
+        api_limit: None,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
+pub struct Env {
+    pub root: tempfile::TempDir,
+    pub data_dir: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let root = tempfile::tempdir().unwrap();
+        let data_dir = root.path().join("data");
+        Env { root, data_dir }
+    }
+
+    pub fn settings(&self, sim: &Sim) -> Settings {
+        let mut s = Settings::default();
+        s.api.base_url = sim.base_url().parse().unwrap();
+        s.api.key = Some(Secret::new(sim.key()));
+        s.storage.data_dir = self.data_dir.clone();
+        s.limits.data_requests = 0;
+        s.download.read_timeout = Duration::from_secs(3);
+        s
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::open_read_only(&self.data_dir.join("state.sqlite"))
+            .await
+            .unwrap()
+    }
+
+    /// Environment for the real binary, equivalent to [`Env::settings`].
+    pub fn binary_env(&self, sim: &Sim) -> Vec<(String, String)> {
+        vec![
+            ("JMA_POLLER__API__BASE_URL".into(), sim.base_url()),
+            ("JMA_POLLER__API__KEY".into(), sim.key()),
+            (
+                "JMA_POLLER__STORAGE__DATA_DIR".into(),
+                self.data_dir.display().to_string(),
+            ),
+            ("JMA_POLLER__LIMITS__DATA_REQUESTS".into(), "0".into()),
+            ("JMA_POLLER__DOWNLOAD__READ_TIMEOUT".into(), "3s".into()),
+            ("JMA_POLLER__LOG__FORMAT".into(), "json".into()),
+        ]
+    }
+}
+
+/// The daemon running in this process.
+pub struct Daemon {
+    pub cancel: CancellationToken,
+    pub handle: JoinHandle<Result<(), jma_poller::app::RunError>>,
+}
+
+impl Daemon {
+    pub fn start(settings: Settings) -> Daemon {
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(jma_poller::app::run(settings, cancel.clone()));
+        Daemon { cancel, handle }
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("daemon stops within 10 s")
+            .expect("daemon task did not panic");
+        r.expect("daemon stopped without error");
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_jma-poller"))
+}
+
+/// The real binary with `args`, environment `env`, output captured to files in `log_dir`.
+pub fn spawn_bin(args: &[&str], env: &[(String, String)], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let err = out.try_clone().unwrap();
+    Command::new(bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("binary starts")
+}
+
+/// Waits until `check` is true, polling every 50 ms; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// True if every expected file of `item` is on disk with the right bytes.
+pub fn landed(data_dir: &Path, item: &SimItem) -> bool {
+    item.expected
+        .iter()
+        .all(|f| std::fs::read(data_dir.join(&f.rel_path)).is_ok_and(|b| b == f.bytes.as_ref()))
+}
+
+pub fn all_landed(data_dir: &Path, items: &[SimItem]) -> bool {
+    items.iter().all(|i| landed(data_dir, i))
+}
+
+/// Panics, naming the item, unless every file of every item is there with the right bytes.
+pub fn assert_all_landed(data_dir: &Path, items: &[SimItem]) {
+    for item in items {
+        for f in &item.expected {
+            let p = data_dir.join(&f.rel_path);
+            let got = std::fs::read(&p)
+                .unwrap_or_else(|e| panic!("serial {}: {} missing: {e}", item.serial, p.display()));
+            assert!(
+                got == f.bytes.as_ref(),
+                "serial {}: {} has wrong bytes ({} vs {})",
+                item.serial,
+                p.display(),
+                got.len(),
+                f.bytes.len()
+            );
+        }
+    }
+}
+
+/// Body requests per item id, as the simulator saw them.
+pub fn fetches(sim: &Sim) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for r in sim.requests() {
+        if let Some(id) = r.id {
+            *out.entry(id).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Every regular file under `dir`, relative, except the database and the lock.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.retain(|f| !f.starts_with("state.sqlite") && f != ".lock");
+    out.sort();
+    out
+}
+
+/// Files left in `.tmp/` (there must be none after a clean stop).
+pub fn tmp_leftovers(data_dir: &Path) -> Vec<String> {
+    files_under(&data_dir.join(".tmp"))
+}

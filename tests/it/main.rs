@@ -1,0 +1,9 @@
+//! Integration tests: the real daemon (in-process tasks or the real binary) against the
+//! project's simulator over real HTTP on 127.0.0.1, with a real SQLite file in a temp dir.
+
+mod cli;
+mod common;
+mod crash;
+mod faults;
+mod hostile;
+mod pull;

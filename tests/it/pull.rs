@@ -1,0 +1,206 @@
+//! JmaFile PuLL: items land once with the right bytes, the interval is honoured, backlogs and
+//! expired cursors lose nothing.
+
+use std::time::{Duration, Instant};
+
+use jma_poller::sim::{BacklogOrder, ItemSpec, Kind};
+
+use crate::common::*;
+
+fn mixed_spec(i: usize) -> ItemSpec {
+    let kind = match i % 5 {
+        0 => Kind::Gzip,
+        1 => Kind::Plain,
+        2 => Kind::Zip,
+        3 => Kind::Concat { children: 3 },
+        _ => Kind::ConcatPlain { children: 2 },
+    };
+    ItemSpec {
+        kind,
+        size: 1000 + i * 997,
+        ..ItemSpec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_appearing_over_time_land_once_with_the_right_bytes_and_names() {
+    let sim = sim(200).await;
+    let env = Env::new();
+    let mut items: Vec<_> = (0..5).map(|i| sim.add(mixed_spec(i))).collect();
+    let daemon = Daemon::start(env.settings(&sim));
+    for i in 5..25 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        items.push(sim.add(mixed_spec(i)));
+    }
+    wait_until(Duration::from_secs(30), "all items land", || async {
+        all_landed(&env.data_dir, &items)
+    })
+    .await;
+    daemon.stop().await;
+
+    assert_all_landed(&env.data_dir, &items);
+    let f = fetches(&sim);
+    for item in &items {
+        assert_eq!(
+            f.get(&item.id),
+            Some(&1),
+            "serial {} fetched once",
+            item.serial
+        );
+    }
+    // Nothing on disk but the expected files.
+    let mut expected: Vec<String> = items
+        .iter()
+        .flat_map(|i| i.expected.iter().map(|f| f.rel_path.clone()))
+        .collect();
+    expected.sort();
+    assert_eq!(files_under(&env.data_dir), expected);
+    assert!(tmp_leftovers(&env.data_dir).is_empty());
+    let report = env.store().await.status().await.unwrap();
+    let done: i64 = report
+        .counts
+        .iter()
+        .filter(|c| c.state == "done")
+        .map(|c| c.items)
+        .sum();
+    assert_eq!(done, items.len() as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_requests_are_never_closer_than_next_pooling_interval_even_across_restarts() {
+    let sim = sim(400).await;
+    let env = Env::new();
+    sim.add(ItemSpec::default());
+    let daemon = Daemon::start(env.settings(&sim));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sim.config().pooling_interval_ms = 900;
+    let changed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    daemon.stop().await;
+    // Restart at once: the stored interval still applies to the first poll.
+    let daemon = Daemon::start(env.settings(&sim));
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    daemon.stop().await;
+
+    let pulls: Vec<_> = sim.requests().into_iter().filter(|r| r.is_pull()).collect();
+    assert!(pulls.len() >= 8, "enough polls to measure: {}", pulls.len());
+    let mut after_change = 0;
+    for w in pulls.windows(2) {
+        let gap = w[1].received.duration_since(w[0].answered);
+        // The response that first carried 900 ms was answered after `changed`.
+        let interval = if w[0].received > changed { 900 } else { 400 };
+        assert!(
+            gap >= Duration::from_millis(interval),
+            "poll sent {gap:?} after the previous response; interval was {interval} ms"
+        );
+        if interval == 900 {
+            after_change += 1;
+        }
+    }
+    assert!(
+        after_change >= 3,
+        "polls measured after the change: {after_change}"
+    );
+}
+
+async fn backlog_while_stopped(order: BacklogOrder) {
+    let sim = sim(150).await;
+    sim.config().backlog_order = order;
+    let env = Env::new();
+    let first = vec![sim.add(ItemSpec::default())];
+    let daemon = Daemon::start(env.settings(&sim));
+    wait_until(Duration::from_secs(15), "first item lands", || async {
+        all_landed(&env.data_dir, &first)
+    })
+    .await;
+    daemon.stop().await;
+
+    let backlog: Vec<_> = (0..250)
+        .map(|i| {
+            sim.add(ItemSpec {
+                kind: Kind::Gzip,
+                size: 300 + i,
+                ..ItemSpec::default()
+            })
+        })
+        .collect();
+    let daemon = Daemon::start(env.settings(&sim));
+    wait_until(
+        Duration::from_secs(60),
+        "the whole backlog lands",
+        || async { all_landed(&env.data_dir, &backlog) },
+    )
+    .await;
+    daemon.stop().await;
+    assert_all_landed(&env.data_dir, &backlog);
+    let f = fetches(&sim);
+    assert!(
+        backlog
+            .iter()
+            .chain(&first)
+            .all(|i| f.get(&i.id) == Some(&1)),
+        "each id fetched exactly once"
+    );
+    let report = env.store().await.status().await.unwrap();
+    let done: i64 = report
+        .counts
+        .iter()
+        .filter(|c| c.state == "done")
+        .map(|c| c.items)
+        .sum();
+    assert_eq!(done, 251);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_of_250_while_stopped_lands_after_restart_newest_first() {
+    backlog_while_stopped(BacklogOrder::NewestFirst).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_of_250_while_stopped_lands_after_restart_oldest_first() {
+    backlog_while_stopped(BacklogOrder::OldestFirst).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_cursor_rebaselines_with_no_gap_and_no_duplicates() {
+    let sim = sim(150).await;
+    let env = Env::new();
+    let mut items: Vec<_> = (0..10).map(|i| sim.add(mixed_spec(i))).collect();
+    let daemon = Daemon::start(env.settings(&sim));
+    wait_until(Duration::from_secs(15), "first items land", || async {
+        all_landed(&env.data_dir, &items)
+    })
+    .await;
+    // The token the daemon holds is now refused; items keep arriving meanwhile, more than
+    // one page's worth, so the re-baseline has to page back to the last known serial.
+    sim.expire_tokens();
+    for i in 10..140 {
+        items.push(sim.add(ItemSpec {
+            size: 200 + i,
+            ..ItemSpec::default()
+        }));
+    }
+    wait_until(
+        Duration::from_secs(40),
+        "items after the expiry land",
+        || async { all_landed(&env.data_dir, &items) },
+    )
+    .await;
+    daemon.stop().await;
+
+    let refused = sim
+        .requests()
+        .iter()
+        .filter(|r| r.is_list() && r.status == 400)
+        .count();
+    assert!(refused >= 1, "the stale token was actually refused");
+    let f = fetches(&sim);
+    for item in &items {
+        assert_eq!(
+            f.get(&item.id),
+            Some(&1),
+            "serial {} fetched exactly once",
+            item.serial
+        );
+    }
+}
