@@ -172,10 +172,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Demo { data_dir, every } => {
             let mut settings = load(&cli.config)?;
             crate::telemetry::init(&settings.log);
+            prepare_demo_dir(&data_dir)?;
             let sim = Sim::start(SimConfig::default())
                 .await
                 .map_err(|e| Failure::from((1, e)))?;
-            sim.add_random(12);
+            sim.add_history(12, Duration::from_secs(600));
             sim.spawn_generator(every);
             settings.api.base_url = sim.base_url().parse().map_err(|e| Failure::from((1, e)))?;
             settings.api.key = Some(Secret::new(sim.key()));
@@ -220,7 +221,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let sim = Sim::start_on(listen, cfg)
                 .await
                 .map_err(|e| Failure::from((1, e)))?;
-            sim.add_random(backlog);
+            sim.add_history(backlog, Duration::from_secs(1800));
             if !every.is_zero() {
                 sim.spawn_generator(every);
             }
@@ -237,6 +238,43 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// Marks a directory as the demo's own, so a later demo may clear it.
+const DEMO_MARKER: &str = ".jma-poller-demo";
+
+/// Each demo run simulates a new world, so the previous run's state means nothing to it (its
+/// items point at a simulator that is gone). Start fresh, but only in a directory the demo
+/// created itself.
+fn prepare_demo_dir(dir: &std::path::Path) -> Result<(), Failure> {
+    let marker = dir.join(DEMO_MARKER);
+    let io = |e: std::io::Error| Failure::from((1, format!("demo dir {}: {e}", dir.display())));
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir).map_err(io)?.next().is_none();
+        if !empty && !marker.exists() {
+            return Err(Failure::from((
+                2,
+                format!(
+                    "{} exists and was not created by `jma-poller demo`; pass --data-dir with a new or demo directory",
+                    dir.display()
+                ),
+            )));
+        }
+        if !empty {
+            eprintln!(
+                "demo: clearing {} from the previous demo run",
+                dir.display()
+            );
+            std::fs::remove_dir_all(dir).map_err(io)?;
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::write(
+        &marker,
+        "created by `jma-poller demo`; the next demo run clears this folder\n",
+    )
+    .map_err(io)?;
+    Ok(())
 }
 
 fn ago(ms: Option<i64>) -> String {

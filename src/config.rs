@@ -504,6 +504,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_valid_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/jma-poller.toml");
+        let from_file = load_from(Some(&path), env(&[])).unwrap();
+        let mut defaults = Settings::default();
+        defaults.storage.data_dir = "/var/lib/jma-poller".into();
+        assert_eq!(from_file.to_toml(), defaults.to_toml());
+    }
+
+    #[test]
     fn defaults_are_valid_and_match_the_documented_values() {
         let s = load_from(None, env(&[])).unwrap();
         assert_eq!(s.api.base_url.as_str(), "https://api.dmdata.jp/");

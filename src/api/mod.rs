@@ -40,8 +40,8 @@ pub enum ApiError {
     },
     #[error("{endpoint}: malformed response: {detail}")]
     Malformed { endpoint: String, detail: String },
-    #[error("{url}: host is not in api.trusted_hosts, so it is never sent the key")]
-    UntrustedHost { url: String },
+    #[error("untrusted host {host}: not in api.trusted_hosts, so it is never sent the key")]
+    UntrustedHost { host: String },
 }
 
 /// "outer: inner: innermost", without the URL reqwest would otherwise print.
@@ -210,7 +210,13 @@ impl Client {
     ) -> Result<reqwest::Response, ApiError> {
         if !self.trusted.allows(url) {
             return Err(ApiError::UntrustedHost {
-                url: url.to_string(),
+                host: url
+                    .host_str()
+                    .map(|h| match url.port() {
+                        Some(p) => format!("{h}:{p}"),
+                        None => h.to_owned(),
+                    })
+                    .unwrap_or_default(),
             });
         }
         let endpoint = url.path().to_owned();

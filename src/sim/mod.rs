@@ -314,6 +314,26 @@ impl Sim {
         specs.into_iter().map(|s| self.add(s)).collect()
     }
 
+    /// Adds `n` items of a realistic mix received over the last `span` (a history to backfill).
+    pub fn add_history(&self, n: usize, span: Duration) -> Vec<SimItem> {
+        let now = OffsetDateTime::now_utc();
+        let specs: Vec<ItemSpec> = {
+            let mut w = lock(&self.inner.world);
+            let mut rng = fastrand::Rng::with_seed(w.rng_seed);
+            w.rng_seed = w.rng_seed.wrapping_add(n as u64 + 1);
+            (0..n)
+                .map(|i| {
+                    let ago = span.mul_f64((n - i) as f64 / n.max(1) as f64);
+                    ItemSpec {
+                        received: Some(now - ago),
+                        ..data::random_spec(&mut rng)
+                    }
+                })
+                .collect()
+        };
+        specs.into_iter().map(|s| self.add(s)).collect()
+    }
+
     pub fn items(&self) -> Vec<SimItem> {
         lock(&self.inner.world).items.clone()
     }

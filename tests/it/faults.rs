@@ -73,6 +73,18 @@ async fn transient_body_failures_are_retried_and_never_stored_corrupt() {
         tmp_leftovers(&env.data_dir).is_empty(),
         "no partial files left"
     );
+    // Retry-After: 1 was honoured: the retry came at least a second after the 429.
+    let throttled: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.id.as_ref() == Some(&faulty[2].id))
+        .collect();
+    assert_eq!(throttled[0].status, 429);
+    let waited = throttled[1].received.duration_since(throttled[0].answered);
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried {waited:?} after a 429 with Retry-After: 1"
+    );
     let store = env.store().await;
     for item in &faulty {
         let (state, attempts, _, _) = store
