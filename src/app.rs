@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::{ApiError, Client};
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, Secret, Settings};
 use crate::download::Downloader;
+use crate::poll::archive::ArchivePoller;
 use crate::poll::jmafile::JmaFilePoller;
-use crate::state::{Store, StoreError, now_ms};
+use crate::state::{Claim, Store, StoreError, now_ms};
 use crate::storage::{Storage, StorageError};
 
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -52,15 +53,14 @@ impl RunError {
     }
 }
 
-/// Runs the daemon until `shutdown` is cancelled or a task fails fatally.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
-    let key = settings.api_key()?;
-    let storage = Arc::new(Storage::open(&settings.storage.data_dir)?);
-    let db_path = settings.storage.database_path();
-    let store = Store::open(&db_path).await?;
-    let client = Arc::new(Client::new(&settings, key).map_err(RunError::Client)?);
-
-    // A crash loop must not turn into a burst upstream: replay recent body requests.
+/// The API client, with the body-download budget replaying requests logged before a restart
+/// (a crash loop must not turn into a burst upstream).
+pub async fn client(
+    settings: &Settings,
+    key: Secret,
+    store: &Store,
+) -> Result<Arc<Client>, RunError> {
+    let client = Client::new(settings, key).map_err(RunError::Client)?;
     let window = settings.limits.data_window;
     let now = now_ms();
     let recent = store
@@ -73,6 +73,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 .map(|t| Duration::from_millis((now - t).max(0) as u64)),
         );
     }
+    Ok(Arc::new(client))
+}
+
+/// Runs the daemon until `shutdown` is cancelled or a task fails fatally.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
+    let key = settings.api_key()?;
+    let storage = Arc::new(Storage::open(&settings.storage.data_dir)?);
+    let db_path = settings.storage.database_path();
+    let store = Store::open(&db_path).await?;
+    let client = client(&settings, key, &store).await?;
 
     let wake = Arc::new(Notify::new());
     let downloader = Arc::new(Downloader::new(
@@ -91,6 +101,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         database = %db_path.display(),
         base_url = %settings.api.base_url,
         types = ?settings.jmafile.types,
+        archives = settings.archive.enabled,
         workers = settings.download.concurrency,
         "jma-poller started"
     );
@@ -107,17 +118,42 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         );
         let c = tasks_cancel.clone();
         tasks.spawn(async move { poller.run(c).await.map_err(RunError::Auth) });
-    } else {
+    }
+    if settings.archive.enabled {
+        let poller = ArchivePoller::new(
+            client.clone(),
+            store.clone(),
+            settings.archive.clone(),
+            wake.clone(),
+        );
+        let c = tasks_cancel.clone();
+        tasks.spawn(async move {
+            poller.run(c).await;
+            Ok(())
+        });
+    }
+    if !settings.jmafile.enabled && !settings.archive.enabled {
         warn!(
             event = "idle",
-            "jmafile.enabled = false: only queued downloads will run"
+            "jmafile.enabled and archive.enabled are both false: only queued downloads will run"
         );
     }
-    for _ in 0..settings.download.concurrency {
+    for worker in 0..settings.download.concurrency {
+        // With archives on, one worker stays with the live stream, so a day's tarball can
+        // never hold every worker while fresh jmafile items wait.
+        let claim = if worker == 0
+            && settings.archive.enabled
+            && settings.jmafile.enabled
+            && settings.download.concurrency > 1
+        {
+            Claim::JmafileOnly
+        } else {
+            Claim::Any
+        };
         let d = downloader.clone();
         let c = tasks_cancel.clone();
         tasks.spawn(async move {
-            d.run_worker(c).await;
+            d.run_worker(claim, c).await;
             Ok(())
         });
     }

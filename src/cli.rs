@@ -1,5 +1,6 @@
 //! Command line: `run`, `check-config`, `status`, `demo`, `simulate`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,6 +54,19 @@ pub enum Command {
         #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
         every: Duration,
     },
+    /// Queue and download one classification's daily archives for a date range (JST dates).
+    /// Safe while the daemon runs; Ctrl-C leaves the rest queued, run it again to resume.
+    Backfill {
+        /// e.g. telegram.earthquake
+        #[arg(long)]
+        classification: String,
+        /// First date, YYYY-MM-DD (default: a week before --to).
+        #[arg(long, value_parser = parse_date_arg)]
+        from: Option<time::Date>,
+        /// Last date, YYYY-MM-DD (default: yesterday, JST).
+        #[arg(long, value_parser = parse_date_arg)]
+        to: Option<time::Date>,
+    },
     /// Serve only the simulator (for trying things by hand, or benchmarks).
     Simulate {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -72,6 +86,10 @@ pub enum Command {
         #[arg(long)]
         no_rate_limit: bool,
     },
+}
+
+fn parse_date_arg(s: &str) -> Result<time::Date, String> {
+    crate::api::models::parse_date(s)
 }
 
 /// A failure at the binary's edge: message for the operator, and the exit code.
@@ -178,6 +196,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 .map_err(|e| Failure::from((1, e)))?;
             sim.add_history(12, Duration::from_secs(600));
             sim.spawn_generator(every);
+            sim.add_archive_days(&["telegram.earthquake", "telegram.weather"], 3);
+            settings.archive.enabled = true;
             settings.api.base_url = sim.base_url().parse().map_err(|e| Failure::from((1, e)))?;
             settings.api.key = Some(Secret::new(sim.key()));
             settings.api.key_file = None;
@@ -199,6 +219,63 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 code: e.exit_code(),
                 message: e.to_string(),
             })
+        }
+        Command::Backfill {
+            classification,
+            from,
+            to,
+        } => {
+            let mut settings = load(&cli.config)?;
+            if std::io::stderr().is_terminal() && std::env::var_os("RUST_LOG").is_none() {
+                // The progress bar reports each archive; keep only problems in the log.
+                settings.log.level = "warn".into();
+            }
+            crate::telemetry::init(&settings.log);
+            if crate::storage::safe_component(&classification).is_err() {
+                return Err(Failure::from((
+                    2,
+                    format!("--classification {classification:?} is not a classification name"),
+                )));
+            }
+            let to =
+                to.unwrap_or_else(|| crate::poll::archive::jst_today() - time::Duration::days(1));
+            let from = from.unwrap_or(to - time::Duration::days(6));
+            if from > to {
+                return Err(Failure::from((2, "--from is after --to")));
+            }
+            let token = CancellationToken::new();
+            stop_on_signals(token.clone());
+            let r = crate::backfill::run(settings, classification.clone(), from, to, token)
+                .await
+                .map_err(|e| Failure {
+                    code: e.exit_code(),
+                    message: e.to_string(),
+                })?;
+            let range = format!(
+                "{classification} {}..{}",
+                crate::poll::archive::fmt_date(from),
+                crate::poll::archive::fmt_date(to)
+            );
+            if r.interrupted {
+                return Err(Failure::from((
+                    130,
+                    format!(
+                        "interrupted: {} of {} archives of {range} done; run the same command again to resume",
+                        r.done, r.total
+                    ),
+                )));
+            }
+            if r.failed > 0 {
+                return Err(Failure::from((
+                    1,
+                    format!(
+                        "{} of {} archives of {range} failed (see `jma-poller status`)",
+                        r.failed, r.total
+                    ),
+                )));
+            }
+            eprintln!("backfill: {} archives of {range} on disk", r.done);
+            Ok(())
         }
         Command::Simulate {
             listen,
@@ -307,18 +384,30 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         println!("cursor:   none yet (the daemon has not completed a poll)");
     }
     for c in &report.cursors {
-        println!(
-            "cursor {}: {}, highest serial {}, interval {} ms, last poll {}",
-            c.name,
-            if c.has_token {
-                "following nextPooling"
-            } else {
-                "needs a baseline"
-            },
-            c.high_serial.map_or("-".into(), |s| s.to_string()),
-            c.interval_ms.map_or("-".into(), |s| s.to_string()),
-            ago(c.last_poll_ms)
-        );
+        if c.name == crate::poll::archive::CURSOR {
+            println!(
+                "archives: checked {}, every {}",
+                ago(c.last_poll_ms),
+                c.interval_ms
+                    .map_or("-".into(), |ms| humantime::format_duration(
+                        Duration::from_millis(ms as u64)
+                    )
+                    .to_string())
+            );
+        } else {
+            println!(
+                "cursor {}: {}, highest serial {}, interval {} ms, last poll {}",
+                c.name,
+                if c.has_token {
+                    "following nextPooling"
+                } else {
+                    "needs a baseline"
+                },
+                c.high_serial.map_or("-".into(), |s| s.to_string()),
+                c.interval_ms.map_or("-".into(), |s| s.to_string()),
+                ago(c.last_poll_ms)
+            );
+        }
         if let Some(e) = &c.last_error {
             println!("  last poll error ({}): {e}", ago(c.last_error_ms));
         }
@@ -334,6 +423,12 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
             String::new()
         };
         println!("  {:<8} {:<9} {:>8}  {}", c.source, c.state, c.items, size);
+    }
+    for (classification, newest) in &report.archive_newest {
+        let date = time::OffsetDateTime::from_unix_timestamp(newest / 1000)
+            .map(|t| crate::poll::archive::fmt_date(t.to_offset(time::macros::offset!(+9)).date()))
+            .unwrap_or_default();
+        println!("archive {classification}: newest day on disk {date}");
     }
     println!("last landed: {}", ago(report.last_landed_ms));
     if !report.recent_errors.is_empty() {

@@ -72,6 +72,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub storage: StorageSettings,
     pub jmafile: JmaFileSettings,
+    pub archive: ArchiveSettings,
     pub download: DownloadSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
@@ -156,6 +157,36 @@ impl Default for JmaFileSettings {
             types: Vec::new(),
             limit: 100,
             backfill: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveSettings {
+    /// Mirror the daily archives (`GET /v2/archive`); needs a contract per classification.
+    pub enabled: bool,
+    /// Classifications to mirror, e.g. `telegram.earthquake`; empty = all the list returns.
+    pub classifications: Vec<String>,
+    /// How often to look for new archives. They appear around 00:30 JST for the previous day,
+    /// and late ones must still be picked up, so this is a plain periodic check.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// First start only: archives whose date is within this window; `0` = only new ones.
+    #[serde(with = "humantime_serde")]
+    pub backfill: Duration,
+    /// Keep the downloaded `.tar.gz` beside the unpacked files.
+    pub keep_tarball: bool,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        ArchiveSettings {
+            enabled: false,
+            classifications: Vec::new(),
+            check_interval: Duration::from_secs(3600),
+            backfill: Duration::from_secs(7 * 86_400),
+            keep_tarball: false,
         }
     }
 }
@@ -278,6 +309,7 @@ pub fn load_from(
             .list_separator(",")
             .with_list_parse_key("api.trusted_hosts")
             .with_list_parse_key("jmafile.types")
+            .with_list_parse_key("archive.classifications")
             .source(Some(env)),
     );
     let merged = builder.build().map_err(|e| match path {
@@ -369,6 +401,31 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "jmafile.limit",
                 format!("{} is out of range 1..=100", jf.limit),
+            ));
+        }
+
+        let ar = &self.archive;
+        for (i, c) in ar.classifications.iter().enumerate() {
+            if crate::storage::safe_component(c).is_err()
+                || c.contains(',')
+                || c.chars().any(char::is_whitespace)
+            {
+                return Err(ConfigError::invalid(
+                    &format!("archive.classifications[{i}]"),
+                    format!("{c:?} is not a classification name such as \"telegram.earthquake\""),
+                ));
+            }
+        }
+        if ar.check_interval < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "archive.check_interval",
+                "must be at least 1s (archives appear once a day; 1h is plenty)",
+            ));
+        }
+        if ar.backfill > Duration::from_secs(5 * 366 * 86_400) {
+            return Err(ConfigError::invalid(
+                "archive.backfill",
+                "more than 5 years; use `jma-poller backfill` for history",
             ));
         }
 

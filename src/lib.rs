@@ -5,15 +5,17 @@
 //! * [`config`] — layered settings (defaults → TOML → `JMA_POLLER__*` env), validation.
 //! * [`api`] — the dmdata.jp client: auth, trusted hosts, request budgets, typed errors.
 //! * [`state`] — the SQLite store (cursor, items, request log): the only SQL in the crate.
-//! * [`poll`] — scheduler tasks: JmaFile PuLL.
+//! * [`poll`] — scheduler tasks: JmaFile PuLL, daily archives.
 //! * [`download`] — the worker pool: streaming fetch, decompress/split, verify, place.
 //! * [`storage`] — on-disk layout, safe names, atomic placement, temp sweep, data-dir lock.
 //! * [`telemetry`] — logging.
-//! * [`app`] — wiring and shutdown; [`cli`] — the command line.
+//! * [`app`] — wiring and shutdown; [`backfill`] — the archive backfill command;
+//!   [`cli`] — the command line.
 //! * [`sim`] — a simulator of the API for `demo` and the tests.
 
 pub mod api;
 pub mod app;
+pub mod backfill;
 pub mod backoff;
 pub mod cli;
 pub mod config;

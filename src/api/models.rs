@@ -124,6 +124,35 @@ pub struct Flags {
     pub oflag: Option<String>,
 }
 
+/// One entry of `GET /v2/archive` `items[]`: one `.tar.gz` per JST day and classification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveItem {
+    pub id: String,
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
+    pub serial: Option<u64>,
+    pub classification: String,
+    /// The JST date the archive covers, `YYYY-MM-DD`.
+    #[serde(deserialize_with = "de_date")]
+    pub date: time::Date,
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
+    pub data_count: Option<u64>,
+    /// Size of the compressed archive, checked against the downloaded byte count.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub file_size: u64,
+    pub url: String,
+}
+
+pub fn parse_date(s: &str) -> Result<time::Date, String> {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s.trim(), &fmt).map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))
+}
+
+fn de_date<'de, D: Deserializer<'de>>(d: D) -> Result<time::Date, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_date(&s).map_err(serde::de::Error::custom)
+}
+
 /// Best-effort identity of an item that failed to parse, so it can still be recorded as failed.
 pub fn raw_identity(raw: &serde_json::Value) -> (Option<String>, Option<u64>) {
     let id = raw.get("id").and_then(|v| v.as_str()).map(str::to_owned);
@@ -209,6 +238,23 @@ mod tests {
             raw_identity(&serde_json::json!({"id": "q", "serial": "12"})),
             (Some("q".into()), Some(12))
         );
+    }
+
+    #[test]
+    fn archive_items_accept_numbers_as_strings() {
+        let raw = serde_json::json!({
+            "serial": "0", "id": "123456789abcdef", "classification": "telegram.weather",
+            "date": "2023-04-01", "dataCount": "596", "fileSize": 1525510,
+            "url": "https://data.api.dmdata.jp/v1/archive/123456789abcdef"
+        });
+        let a: ArchiveItem = serde_json::from_value(raw).unwrap();
+        assert_eq!(
+            (a.serial, a.data_count, a.file_size),
+            (Some(0), Some(596), 1525510)
+        );
+        assert_eq!(a.date, time::macros::date!(2023 - 04 - 01));
+        let bad = serde_json::json!({"id": "x", "classification": "c", "date": "April 1st", "fileSize": 1, "url": "u"});
+        assert!(serde_json::from_value::<ArchiveItem>(bad).is_err());
     }
 
     #[test]

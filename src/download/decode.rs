@@ -33,6 +33,8 @@ pub enum DecodeError {
     TooLarge { limit: u64 },
     #[error("{0}")]
     Unsupported(String),
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("writing {}: {source}", path.display())]
     Disk {
         path: PathBuf,
@@ -57,6 +59,10 @@ pub struct Decoded {
     pub raw_bytes: u64,
     /// Bytes written (decompressed).
     pub bytes: u64,
+    /// Files written.
+    pub files: u64,
+    /// Things worth a warning that do not make the item wrong (e.g. a dataCount mismatch).
+    pub warnings: Vec<String>,
 }
 
 /// Marks an error that came from the network side of the body, not from decoding it.
@@ -190,6 +196,23 @@ pub fn decode(
         cancel: cancel.clone(),
     };
     let mut buf = vec![0u8; BUF];
+    if let Layout::Archive {
+        file_size,
+        data_count,
+        keep_tarball,
+    } = &plan.layout
+    {
+        return decode_archive(
+            body,
+            count,
+            *file_size,
+            *data_count,
+            keep_tarball.as_deref(),
+            tmp_dir,
+            max_size,
+            &mut buf,
+        );
+    }
     let (staged, bytes) = match plan.compression {
         Compression::None => write_layout(body, &plan.layout, tmp_dir, max_size, &mut buf)?,
         Compression::Gzip => {
@@ -245,10 +268,99 @@ pub fn decode(
             "received {raw_bytes} bytes ({bytes} decompressed); the list announced {length}"
         )));
     }
+    let files = match &plan.layout {
+        Layout::Concat { children } => children.len() as u64,
+        _ => 1,
+    };
     Ok(Decoded {
         staged,
         raw_bytes,
         bytes,
+        files,
+        warnings: Vec::new(),
+    })
+}
+
+/// Spools the tarball (checking its size against `fileSize`), then unpacks it safely into a
+/// staging folder, which becomes the archive's folder only when complete.
+#[allow(clippy::too_many_arguments)]
+fn decode_archive(
+    mut body: impl Read,
+    count: Rc<Cell<u64>>,
+    file_size: u64,
+    data_count: Option<u64>,
+    keep_tarball: Option<&str>,
+    tmp_dir: &Path,
+    max_size: u64,
+    buf: &mut [u8],
+) -> Result<Decoded, DecodeError> {
+    let mut spool = tempfile::Builder::new()
+        .prefix("item-")
+        .tempfile_in(tmp_dir)
+        .map_err(disk(tmp_dir))?;
+    let spool_path = spool.path().to_owned();
+    copy_capped(
+        &mut body,
+        spool.as_file_mut(),
+        u64::MAX,
+        max_size,
+        &spool_path,
+        buf,
+    )?;
+    let raw_bytes = count.get();
+    if raw_bytes != file_size {
+        return Err(DecodeError::Length(format!(
+            "received {raw_bytes} bytes; the list announced fileSize {file_size}"
+        )));
+    }
+    spool.as_file_mut().rewind().map_err(disk(&spool_path))?;
+    let dir = tempfile::Builder::new()
+        .prefix("item-")
+        .tempdir_in(tmp_dir)
+        .map_err(disk(tmp_dir))?;
+    let gz = MultiGzDecoder::new(BufReader::with_capacity(BUF, spool.as_file()));
+    let unpacked = super::unpack::unpack(gz, dir.path(), max_size).map_err(|e| match e {
+        // Inside a gzip stream that we already have in full, an I/O error is corruption.
+        DecodeError::Disk { path, source } if path == spool_path => {
+            DecodeError::Corrupt(source.to_string())
+        }
+        other => other,
+    })?;
+    let mut warnings = Vec::new();
+    if unpacked.manifest_entries.is_none() {
+        warnings.push(format!(
+            "no readable {} in the archive",
+            super::unpack::MANIFEST
+        ));
+    }
+    if let Some(expected) = data_count {
+        let counted = unpacked.manifest_entries.unwrap_or(unpacked.bodies());
+        if counted != expected || unpacked.bodies() != expected {
+            warnings.push(format!(
+                "dataCount is {expected}, the archive holds {} bodies and {} manifest entries",
+                unpacked.bodies(),
+                unpacked
+                    .manifest_entries
+                    .map_or("no".into(), |n| n.to_string())
+            ));
+        }
+    }
+    let mut bytes = unpacked.bytes;
+    if let Some(name) = keep_tarball {
+        spool.as_file().sync_all().map_err(disk(&spool_path))?;
+        let dest = dir.path().join(name);
+        spool
+            .persist_noclobber(&dest)
+            .map_err(|e| disk(&dest)(e.error))?;
+        bytes += raw_bytes;
+    }
+    crate::storage::sync_dir(dir.path()).map_err(disk(dir.path()))?;
+    Ok(Decoded {
+        staged: Staged::Dir(dir),
+        raw_bytes,
+        bytes,
+        files: unpacked.files + u64::from(keep_tarball.is_some()),
+        warnings,
     })
 }
 
@@ -271,6 +383,9 @@ fn write_layout(
             tmp.as_file().sync_all().map_err(disk(&path))?;
             Ok((Staged::File(tmp), n))
         }
+        Layout::Archive { .. } => Err(DecodeError::Unsupported(
+            "an archive is not a single body".into(),
+        )),
         Layout::Concat { children } => {
             let dir = tempfile::Builder::new()
                 .prefix("item-")

@@ -12,6 +12,7 @@
 
 pub mod decode;
 pub mod plan;
+pub mod unpack;
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ use url::Url;
 use crate::api::{ApiError, Client};
 use crate::config::DownloadSettings;
 use crate::poll::FailureLog;
-use crate::state::{Claimed, Store, StoreError, now_ms};
+use crate::state::{Claim, Claimed, Store, StoreError, now_ms};
 use crate::storage::{Storage, size_on_disk};
 use decode::{DecodeError, Decoded, Staged};
 use plan::Compression;
@@ -98,7 +99,9 @@ impl FetchError {
                 DecodeError::Network(_) | DecodeError::Corrupt(_) | DecodeError::Length(_) => {
                     transient
                 }
-                DecodeError::TooLarge { .. } | DecodeError::Unsupported(_) => Next::Fail,
+                DecodeError::TooLarge { .. }
+                | DecodeError::Unsupported(_)
+                | DecodeError::Refused(_) => Next::Fail,
                 DecodeError::Disk { source, .. } => Self::disk(source),
                 DecodeError::Cancelled => Next::Requeue,
             },
@@ -121,6 +124,10 @@ impl FetchError {
         }
     }
 }
+
+/// An idle worker looks at the queue this often even without a wake-up, to notice items that
+/// another process (`jma-poller backfill`) queued.
+const IDLE_RECHECK_MS: i64 = 15_000;
 
 /// Outcome of one [`Downloader::step`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,9 +218,13 @@ impl Downloader {
         fresh
     }
 
-    /// Downloads at most one item.
-    pub async fn step(&self, cancel: &CancellationToken) -> Result<Step, StoreError> {
-        match self.store.next_due_ms().await? {
+    /// Downloads at most one item among those `claim` allows.
+    pub async fn step(
+        &self,
+        claim: &Claim,
+        cancel: &CancellationToken,
+    ) -> Result<Step, StoreError> {
+        match self.store.next_due_ms(claim).await? {
             Some(due) if due <= now_ms() => {}
             _ => return Ok(Step::Idle),
         }
@@ -221,7 +232,7 @@ impl Downloader {
             p = self.client.data_budget().acquire() => p,
             _ = cancel.cancelled() => return Ok(Step::Cancelled),
         };
-        let Some(item) = self.store.claim_next(now_ms()).await? else {
+        let Some(item) = self.store.claim_next(now_ms(), claim).await? else {
             return Ok(Step::Idle); // another worker was quicker; the permit is refunded
         };
         let started = Instant::now();
@@ -233,7 +244,11 @@ impl Downloader {
         match result {
             Ok((bytes, raw)) => {
                 self.store.mark_done(item.seq, bytes, now_ms()).await?;
-                let latency_ms = item.received_ms.map(|r| now_ms() - r);
+                // receivedTime → on disk; an archive has only a date, so no latency.
+                let latency_ms = (item.source == crate::state::Source::Jmafile)
+                    .then_some(item.received_ms)
+                    .flatten()
+                    .map(|r| now_ms() - r);
                 info!(
                     event = "landed",
                     source = item.source.as_str(),
@@ -404,7 +419,19 @@ impl Downloader {
             staged,
             raw_bytes,
             bytes,
+            warnings,
+            ..
         } = decoded;
+        for warning in warnings {
+            warn!(
+                event = "archive_check",
+                source = item.source.as_str(),
+                id = %item.id,
+                classification = %item.classification,
+                path = %item.path,
+                "{warning}; stored as received"
+            );
+        }
         tokio::task::spawn_blocking(move || match staged {
             Staged::File(f) => storage.place_file(f, &rel),
             Staged::Dir(d) => storage.place_dir(d, &rel),
@@ -416,7 +443,7 @@ impl Downloader {
     }
 
     /// One worker: steps until `cancel`, sleeping while idle or paused.
-    pub async fn run_worker(self: Arc<Self>, cancel: CancellationToken) {
+    pub async fn run_worker(self: Arc<Self>, claim: Claim, cancel: CancellationToken) {
         let mut store_failures = FailureLog::default();
         loop {
             if let Some(until) = self.paused() {
@@ -430,15 +457,15 @@ impl Downloader {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.step(&cancel).await {
+            match self.step(&claim, &cancel).await {
                 Ok(Step::Cancelled) => return,
                 Ok(Step::Idle) => {
                     store_failures.recovered();
-                    let wait = match self.store.next_due_ms().await {
+                    let wait = match self.store.next_due_ms(&claim).await {
                         Ok(Some(due)) => {
-                            Duration::from_millis((due - now_ms()).clamp(0, 60_000) as u64)
+                            Duration::from_millis((due - now_ms()).clamp(0, IDLE_RECHECK_MS) as u64)
                         }
-                        _ => Duration::from_secs(60),
+                        _ => Duration::from_millis(IDLE_RECHECK_MS as u64),
                     };
                     tokio::select! {
                         _ = cancel.cancelled() => return,

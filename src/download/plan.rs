@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::api::models::JmaFileItem;
+use crate::api::models::{ArchiveItem, JmaFileItem};
 use crate::api::trust::TrustedHosts;
 use crate::storage::{jmafile_rel_path, safe_component};
 
@@ -46,6 +46,13 @@ pub enum Layout {
     Single { length: u64 },
     /// A folder of children cut from the (decompressed) body by their announced lengths.
     Concat { children: Vec<Child> },
+    /// A daily archive: a `.tar.gz` of `file_size` bytes, unpacked safely into a folder.
+    Archive {
+        file_size: u64,
+        data_count: Option<u64>,
+        /// Keep the tarball inside the folder under this name (`archive.keep_tarball`).
+        keep_tarball: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +65,7 @@ impl Plan {
     /// Bytes the item decompresses to, when known in advance (concat).
     pub fn announced_output(&self) -> Option<u64> {
         match &self.layout {
-            Layout::Single { .. } => None,
+            Layout::Single { .. } | Layout::Archive { .. } => None,
             Layout::Concat { children } => Some(children.iter().map(|c| c.length).sum()),
         }
     }
@@ -166,6 +173,42 @@ pub fn plan_jmafile(
             layout,
         },
         rel_path,
+    })
+}
+
+/// `archive/{classification}/{YYYY-MM-DD}` (the JST date the archive covers), unpacked.
+pub fn plan_archive(
+    item: &ArchiveItem,
+    trusted: &TrustedHosts,
+    keep_tarball: bool,
+) -> Result<Planned, PlanError> {
+    let url = Url::parse(&item.url).map_err(|_| PlanError::BadUrl(item.url.clone()))?;
+    if !trusted.allows(&url) {
+        return Err(PlanError::UntrustedHost(
+            url.host_str().unwrap_or("?").to_owned(),
+        ));
+    }
+    let classification = safe_component(&item.classification)?;
+    let d = item.date;
+    let date = format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+    let keep_tarball = keep_tarball.then(|| {
+        format!(
+            "{:04}{:02}{:02}-{classification}.tar.gz",
+            d.year(),
+            u8::from(d.month()),
+            d.day()
+        )
+    });
+    Ok(Planned {
+        plan: Plan {
+            compression: Compression::Gzip,
+            layout: Layout::Archive {
+                file_size: item.file_size,
+                data_count: item.data_count,
+                keep_tarball,
+            },
+        },
+        rel_path: format!("archive/{classification}/{date}"),
     })
 }
 

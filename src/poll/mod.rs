@@ -2,6 +2,7 @@
 //! Each exposes a step (`poll_once`) that tests drive directly, and a thin `run` loop that only
 //! waits, backs off and watches for shutdown.
 
+pub mod archive;
 pub mod jmafile;
 
 use std::time::Duration;

@@ -10,6 +10,7 @@
 //! `Dmdata-*` headers and no `Content-Encoding`; 429 from per-host budgets (50 per 5 minutes on
 //! data, 2000 per 10 minutes on lists); serials as strings.
 
+pub mod archive;
 pub mod data;
 mod routes;
 
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+pub use archive::{ArchiveSpec, Hostile, SimArchive};
 pub use data::{ExpectedFile, ItemSpec, Kind, SimItem};
 
 /// Which end of a PuLL backlog larger than `limit` comes back first ([gap] in the docs).
@@ -50,8 +52,11 @@ pub struct SimConfig {
     pub repeat_fetch_window: Option<Duration>,
     /// Items older than this are hidden from lists and 403 on bodies (the 1-month window).
     pub retention: Duration,
-    /// Send `length` and `nextPoolingInterval` as strings too (the docs allow it).
+    /// Send `length`, `fileSize` and `nextPoolingInterval` as strings too (the docs allow it).
     pub numbers_as_strings: bool,
+    /// The archive list ignores the cursor and returns nextToken forever (seen upstream for
+    /// out-of-range dates).
+    pub archive_endless: bool,
 }
 
 impl Default for SimConfig {
@@ -67,6 +72,7 @@ impl Default for SimConfig {
             repeat_fetch_window: None,
             retention: Duration::from_secs(31 * 86_400),
             numbers_as_strings: false,
+            archive_endless: false,
         }
     }
 }
@@ -114,6 +120,8 @@ pub struct RandomFaults {
 pub struct Faults {
     /// Consumed in order by `/v2/jmafile` calls.
     pub list: VecDeque<ListFault>,
+    /// Consumed in order by `/v2/archive` calls.
+    pub archive_list: VecDeque<ListFault>,
     /// Consumed in order by body requests for any id.
     pub data: VecDeque<DataFault>,
     /// Consumed in order by body requests for that id.
@@ -199,6 +207,8 @@ struct World {
     fetched_at: HashMap<String, Instant>,
     rng_seed: u64,
     last_received: Option<OffsetDateTime>,
+    archives: Vec<SimArchive>,
+    next_archive_serial: u64,
 }
 
 #[derive(Debug)]
@@ -332,6 +342,32 @@ impl Sim {
                 .collect()
         };
         specs.into_iter().map(|s| self.add(s)).collect()
+    }
+
+    /// Publishes a daily archive.
+    pub fn add_archive(&self, spec: ArchiveSpec) -> SimArchive {
+        let mut w = lock(&self.inner.world);
+        w.next_archive_serial += 1;
+        let a = archive::build(w.next_archive_serial, &spec);
+        w.archives.push(a.clone());
+        a
+    }
+
+    /// Archives for the last `days` JST days (not today: a day is archived after it ends)
+    /// for each classification.
+    pub fn add_archive_days(&self, classifications: &[&str], days: u32) -> Vec<SimArchive> {
+        let today = crate::poll::archive::jst_today();
+        let mut out = Vec::new();
+        for d in (1..=days as i64).rev() {
+            for c in classifications {
+                out.push(self.add_archive(ArchiveSpec::new(c, today - time::Duration::days(d))));
+            }
+        }
+        out
+    }
+
+    pub fn archives(&self) -> Vec<SimArchive> {
+        lock(&self.inner.world).archives.clone()
     }
 
     pub fn items(&self) -> Vec<SimItem> {

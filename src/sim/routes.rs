@@ -22,6 +22,8 @@ pub(super) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/v2/jmafile", get(jmafile_list))
         .route("/v1/{id}", get(jmafile_data))
+        .route("/v2/archive", get(archive_list))
+        .route("/v1/archive/{id}", get(archive_data))
         .fallback(not_found)
         .with_state(inner)
 }
@@ -450,69 +452,157 @@ async fn jmafile_list(
     record(&inner, req, axum::Json(body).into_response())
 }
 
+/// What a data route found for an id.
+struct Found {
+    payload: Bytes,
+    /// Dmdata-* and other headers to send with it.
+    headers: Vec<(&'static str, String)>,
+    content_type: &'static str,
+    /// Older than the viewable window: 403.
+    expired: bool,
+    /// JSON headers block for `?headers=true` (jmafile only).
+    headers_json: Option<Vec<u8>>,
+}
+
+/// The shared front of both data routes: request record, auth and the data-host budget.
+#[allow(clippy::result_large_err)] // Err is the finished response; one per request.
+fn data_request(
+    inner: &Inner,
+    path: String,
+    id: &str,
+    headers: &HeaderMap,
+    raw: &Option<String>,
+) -> Result<(Request, Vec<(String, String)>), Response> {
+    let q = parse_query(raw);
+    let req = Request {
+        received: Instant::now(),
+        answered: Instant::now(),
+        path,
+        query: raw.clone().unwrap_or_default(),
+        cursor_kind: None,
+        auth: check_auth(inner, headers, &q),
+        status: 0,
+        id: Some(id.to_owned()),
+        host: host_of(headers),
+    };
+    if !authorized(req.auth) {
+        return Err(record(
+            inner,
+            req,
+            text_error(401, "Authentication required."),
+        ));
+    }
+    let retry_after = lock(&inner.config).retry_after_on_429;
+    if let Some(b) = lock(&inner.data_bucket).as_mut()
+        && !b.take()
+    {
+        inner.rejected_429.fetch_add(1, Ordering::Relaxed);
+        let r = with_retry_after(text_error(429, "Too Many Requests"), retry_after);
+        return Err(record(inner, req, r));
+    }
+    Ok((req, q))
+}
+
 async fn jmafile_data(
     State(inner): State<Arc<Inner>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let q = parse_query(&raw);
-    let req = Request {
-        received: Instant::now(),
-        answered: Instant::now(),
-        path: format!("/v1/{id}"),
-        query: raw.clone().unwrap_or_default(),
-        cursor_kind: None,
-        auth: check_auth(&inner, &headers, &q),
-        status: 0,
-        id: Some(id.clone()),
-        host: host_of(&headers),
+    let (req, q) = match data_request(&inner, format!("/v1/{id}"), &id, &headers, &raw) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
-    if !authorized(req.auth) {
-        return record(&inner, req, text_error(401, "Authentication required."));
-    }
-    let config = lock(&inner.config).clone();
-    if let Some(b) = lock(&inner.data_bucket).as_mut()
-        && !b.take()
-    {
-        inner.rejected_429.fetch_add(1, Ordering::Relaxed);
-        let r = with_retry_after(
-            text_error(429, "Too Many Requests"),
-            config.retry_after_on_429,
-        );
-        return record(&inner, req, r);
-    }
-    let item = {
-        let w = lock(&inner.world);
-        w.items.iter().find(|i| i.id == id).cloned()
-    };
+    let item = lock(&inner.world)
+        .items
+        .iter()
+        .find(|i| i.id == id)
+        .cloned();
     let Some(item) = item else {
         return record(&inner, req, text_error(404, "Not Found."));
     };
-    let now = OffsetDateTime::now_utc();
-    if item.received
-        < now - time::Duration::try_from(config.retention).unwrap_or(time::Duration::days(31))
-    {
+    let retention = lock(&inner.config).retention;
+    let mut meta = vec![
+        ("dmdata-classification", item.classification.clone()),
+        ("dmdata-filename", item.filename().to_owned()),
+        ("dmdata-format", item.format.clone()),
+    ];
+    if let Some(c) = item.compression {
+        meta.push(("dmdata-compression", c.to_owned()));
+    }
+    let found = Found {
+        payload: item.body.clone(),
+        headers: meta,
+        content_type: "application/octet-stream",
+        expired: item.received
+            < OffsetDateTime::now_utc()
+                - time::Duration::try_from(retention).unwrap_or(time::Duration::days(31)),
+        headers_json: Some(serde_json::to_vec(&item.headers).unwrap_or_default()),
+    };
+    serve_body(&inner, req, &q, &id, found)
+}
+
+async fn archive_data(
+    State(inner): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let (req, q) = match data_request(&inner, format!("/v1/archive/{id}"), &id, &headers, &raw) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let archive = lock(&inner.world)
+        .archives
+        .iter()
+        .find(|a| a.id == id)
+        .cloned();
+    let Some(archive) = archive else {
+        return record(&inner, req, text_error(404, "Not Found."));
+    };
+    let found = Found {
+        payload: archive.body.clone(),
+        headers: vec![("dmdata-classification", archive.classification.clone())],
+        content_type: "application/gzip",
+        expired: false,
+        headers_json: None,
+    };
+    serve_body(&inner, req, &q, &id, found)
+}
+
+/// Serves a body with whatever fault is queued or drawn for it.
+fn serve_body(
+    inner: &Inner,
+    req: Request,
+    q: &[(String, String)],
+    id: &str,
+    found: Found,
+) -> Response {
+    let config = lock(&inner.config).clone();
+    if found.expired {
         return record(
-            &inner,
+            inner,
             req,
             text_error(403, "Out of the period you may view."),
         );
     }
     if let Some(window) = config.repeat_fetch_window {
-        let w = lock(&inner.world);
-        if w.fetched_at.get(&id).is_some_and(|t| t.elapsed() < window) {
-            drop(w);
+        let recently = lock(&inner.world)
+            .fetched_at
+            .get(id)
+            .is_some_and(|t| t.elapsed() < window);
+        if recently {
             return record(
-                &inner,
+                inner,
                 req,
                 text_error(429, "Don't try to get the same data."),
             );
         }
     }
+    let len = found.payload.len();
     let fault = {
         let mut f = lock(&inner.faults);
-        let own = f.data_for.get_mut(&id).and_then(|v| v.pop_front());
+        let own = f.data_for.get_mut(id).and_then(|v| v.pop_front());
         own.or_else(|| f.data.pop_front()).or_else(|| {
             let r = f.random.clone()?;
             let roll = fastrand::f64();
@@ -526,7 +616,7 @@ async fn jmafile_data(
             }
             edge += r.truncate;
             if roll < edge {
-                return Some(DataFault::Truncate(item.body.len() / 2));
+                return Some(DataFault::Truncate(len / 2));
             }
             edge += r.corrupt;
             if roll < edge {
@@ -534,21 +624,18 @@ async fn jmafile_data(
             }
             edge += r.stall;
             if roll < edge {
-                return Some(DataFault::Stall(
-                    item.body.len() / 3,
-                    Duration::from_secs(3600),
-                ));
+                return Some(DataFault::Stall(len / 3, Duration::from_secs(3600)));
             }
             None
         })
     };
     match &fault {
         Some(DataFault::Status(s)) => {
-            return record(&inner, req, text_error(*s, "Simulated failure."));
+            return record(inner, req, text_error(*s, "Simulated failure."));
         }
         Some(DataFault::RetryAfter(s, secs)) => {
             return record(
-                &inner,
+                inner,
                 req,
                 with_retry_after(text_error(*s, "Simulated failure."), Some(*secs)),
             );
@@ -557,12 +644,12 @@ async fn jmafile_data(
     }
     lock(&inner.world)
         .fetched_at
-        .insert(id.clone(), Instant::now());
+        .insert(id.to_owned(), Instant::now());
 
-    let mut payload = item.body.clone();
-    let mut extra_headers = Vec::new();
-    if param(&q, "headers") == Some("true") {
-        let mut prefix = serde_json::to_vec(&item.headers).unwrap_or_default();
+    let mut payload = found.payload;
+    let mut extra_headers = found.headers;
+    if let (Some("true"), Some(json)) = (param(q, "headers"), found.headers_json) {
+        let mut prefix = json;
         prefix.push(b'\n');
         extra_headers.push(("dmdata-headers-length", prefix.len().to_string()));
         prefix.extend_from_slice(&payload);
@@ -609,21 +696,167 @@ async fn jmafile_data(
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
+        HeaderValue::from_static(found.content_type),
     );
-    let mut set = |name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            h.insert(name, v);
+    for (k, v) in extra_headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    record(inner, req, resp)
+}
+
+/// `GET /v2/archive`: newest first (date, then serial); `classification` (comma list),
+/// `datetime` date range (end exclusive, as the docs said until 2025-04), nextToken paging.
+async fn archive_list(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q = parse_query(&raw);
+    let token_text = param(&q, "cursorToken").map(str::to_owned);
+    let parsed = token_text.as_deref().map(parse_token);
+    let req = Request {
+        received: Instant::now(),
+        answered: Instant::now(),
+        path: "/v2/archive".into(),
+        query: raw.clone().unwrap_or_default(),
+        cursor_kind: parsed
+            .as_ref()
+            .and_then(|t| t.as_ref().map(|t| t.kind.clone())),
+        auth: check_auth(&inner, &headers, &q),
+        status: 0,
+        id: None,
+        host: host_of(&headers),
+    };
+    if !authorized(req.auth) {
+        return record(&inner, req, json_error(401, "Authentication required."));
+    }
+    let config = lock(&inner.config).clone();
+    if let Some(b) = lock(&inner.api_bucket).as_mut()
+        && !b.take()
+    {
+        inner.rejected_429.fetch_add(1, Ordering::Relaxed);
+        return record(
+            &inner,
+            req,
+            with_retry_after(
+                text_error(429, "Too Many Requests"),
+                config.retry_after_on_429,
+            ),
+        );
+    }
+    let fault = lock(&inner.faults).archive_list.pop_front();
+    match fault {
+        Some(ListFault::Status(s)) => {
+            return record(&inner, req, json_error(s, "Simulated failure."));
+        }
+        Some(ListFault::RetryAfter(s, secs)) => {
+            return record(
+                &inner,
+                req,
+                with_retry_after(json_error(s, "Simulated failure."), Some(secs)),
+            );
+        }
+        Some(ListFault::Body(b)) => {
+            let r = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                b,
+            )
+                .into_response();
+            return record(&inner, req, r);
+        }
+        Some(ListFault::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    let limit: usize = match param(&q, "limit") {
+        None => 20,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                return record(
+                    &inner,
+                    req,
+                    json_error(400, "The query parameter `limit` must be 1 to 100."),
+                );
+            }
+        },
+    };
+    let offset = match parsed {
+        None => 0usize,
+        Some(Some(t)) if t.kind == "next" => t.serial as usize,
+        _ => {
+            return record(
+                &inner,
+                req,
+                json_error(400, "Unexpected data  of search query `cursorToken`."),
+            );
         }
     };
-    set("dmdata-classification", &item.classification);
-    set("dmdata-filename", item.filename());
-    set("dmdata-format", &item.format);
-    if let Some(c) = item.compression {
-        set("dmdata-compression", c);
+    let classes: Vec<String> = param(&q, "classification")
+        .map(|c| {
+            c.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let (from, to) = match param(&q, "datetime") {
+        Some(r) => {
+            let (a, b) = r.split_once('~').unwrap_or((r, ""));
+            (
+                crate::api::models::parse_date(a).ok(),
+                crate::api::models::parse_date(b).ok(),
+            )
+        }
+        None => (None, None),
+    };
+    let world = lock(&inner.world);
+    let mut matching: Vec<&super::SimArchive> = world
+        .archives
+        .iter()
+        .filter(|a| classes.is_empty() || classes.contains(&a.classification))
+        .filter(|a| from.is_none_or(|f| a.date >= f) && to.is_none_or(|t| a.date < t))
+        .collect();
+    matching.sort_by(|a, b| b.date.cmp(&a.date).then(b.serial.cmp(&a.serial)));
+    // The runaway the provider was seen doing: the cursor is ignored, nextToken never ends.
+    let (start, more) = if config.archive_endless {
+        (0, true)
+    } else {
+        (offset.min(matching.len()), matching.len() > offset + limit)
+    };
+    let origin = format!("http://{}", inner.addr);
+    let items: Vec<Value> = matching
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|a| {
+            let size: Value = if config.numbers_as_strings {
+                json!(a.file_size.to_string())
+            } else {
+                json!(a.file_size)
+            };
+            json!({
+                "serial": a.serial.to_string(),
+                "id": a.id,
+                "classification": a.classification,
+                "date": a.date_str(),
+                "dataCount": a.data_count,
+                "fileSize": size,
+                "url": format!("{origin}/v1/archive/{}", a.id),
+            })
+        })
+        .collect();
+    let mut body = json!({
+        "responseId": response_id(),
+        "responseTime": rfc3339(OffsetDateTime::now_utc()),
+        "status": "ok",
+        "items": items,
+    });
+    if more {
+        body["nextToken"] = json!(make_token("next", (offset + limit) as u64, world.epoch));
     }
-    for (k, v) in extra_headers {
-        set(k, &v);
-    }
-    record(&inner, req, resp)
+    drop(world);
+    record(&inner, req, axum::Json(body).into_response())
 }

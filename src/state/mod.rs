@@ -95,6 +95,36 @@ pub struct NewItem {
     pub refused: Option<String>,
 }
 
+/// Which queued items a worker may take.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Claim {
+    #[default]
+    Any,
+    /// Reserved for the live stream, so long archive downloads never hold every worker.
+    JmafileOnly,
+    /// One classification's archives for dates in `[from_ms, to_ms]` (the `backfill` command).
+    Archives {
+        classification: String,
+        from_ms: i64,
+        to_ms: i64,
+    },
+}
+
+impl Claim {
+    /// (jmafile only?, archive classification, from, to) as SQL parameters.
+    fn params(&self) -> (bool, Option<&str>, i64, i64) {
+        match self {
+            Claim::Any => (false, None, 0, 0),
+            Claim::JmafileOnly => (true, None, 0, 0),
+            Claim::Archives {
+                classification,
+                from_ms,
+                to_ms,
+            } => (false, Some(classification), *from_ms, *to_ms),
+        }
+    }
+}
+
 /// An item claimed for download.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -144,6 +174,8 @@ pub struct CursorStatus {
 pub struct StatusReport {
     pub cursors: Vec<CursorStatus>,
     pub counts: Vec<StateCount>,
+    /// Newest archive date on disk, per classification (JST midnight, unix ms).
+    pub archive_newest: Vec<(String, i64)>,
     pub last_landed_ms: Option<i64>,
     pub recent_errors: Vec<RecentError>,
 }
@@ -273,78 +305,7 @@ impl Store {
         now: i64,
     ) -> Result<Committed, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut done = Committed::default();
-        for item in items {
-            let exists: Option<i64> =
-                sqlx::query_scalar("SELECT seq FROM items WHERE source = ? AND id = ?")
-                    .bind(item.source.as_str())
-                    .bind(&item.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if exists.is_some() {
-                done.duplicates += 1;
-                done.new.push(false);
-                continue;
-            }
-            let mut path = item.path.clone();
-            if let Some(p) = &path {
-                let taken: Option<i64> = sqlx::query_scalar("SELECT seq FROM items WHERE path = ?")
-                    .bind(p)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if taken.is_some() {
-                    let unique = crate::download::plan::disambiguate(p, &item.id);
-                    tracing::warn!(
-                        event = "path_collision",
-                        id = %item.id,
-                        path = %p,
-                        using = %unique,
-                        "another item already owns this path; storing this one beside it"
-                    );
-                    path = Some(unique);
-                }
-            }
-            let plan = match &item.plan {
-                Some(p) => serde_json::to_string(p).map_err(|e| StoreError::BadRow {
-                    id: item.id.clone(),
-                    detail: e.to_string(),
-                })?,
-                None => "null".to_owned(),
-            };
-            let (state, finished) = match &item.refused {
-                Some(_) => ("failed", Some(now)),
-                None => ("pending", None),
-            };
-            sqlx::query(
-                "INSERT INTO items (source, id, serial, classification, received_ms, url, plan,
-                                    state, priority, last_error, path, listed_ms, finished_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(item.source.as_str())
-            .bind(&item.id)
-            .bind(item.serial.map(|s| s as i64))
-            .bind(&item.classification)
-            .bind(item.received_ms)
-            .bind(&item.url)
-            .bind(plan)
-            .bind(state)
-            .bind(match item.source {
-                Source::Jmafile => 0i64,
-                Source::Archive => 1,
-            })
-            .bind(&item.refused)
-            .bind(path)
-            .bind(now)
-            .bind(finished)
-            .execute(&mut *tx)
-            .await?;
-            if item.refused.is_some() {
-                done.refused += 1;
-            } else {
-                done.inserted += 1;
-            }
-            done.new.push(true);
-        }
+        let done = insert_items(&mut tx, items, now).await?;
         sqlx::query(
             "INSERT INTO cursors (name, token, query, high_serial, last_received_ms, interval_ms,
                                   last_poll_ms, last_error, last_error_ms)
@@ -364,6 +325,14 @@ impl Store {
         .bind(cursor.last_poll_ms)
         .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Records listed items without touching any cursor (the `backfill` command).
+    pub async fn insert(&self, items: &[NewItem], now: i64) -> Result<Committed, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let done = insert_items(&mut tx, items, now).await?;
         tx.commit().await?;
         Ok(done)
     }
@@ -399,16 +368,24 @@ impl Store {
 
     /// Claims the next due item (jmafile before archives, oldest first) and logs the body
     /// request it is about to make, in one transaction.
-    pub async fn claim_next(&self, now: i64) -> Result<Option<Claimed>, StoreError> {
+    pub async fn claim_next(&self, now: i64, claim: &Claim) -> Result<Option<Claimed>, StoreError> {
+        let (jmafile_only, classification, from, to) = claim.params();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "UPDATE items SET state = 'fetching', attempts = attempts + 1, started_ms = ?1
              WHERE seq = (SELECT seq FROM items
                           WHERE state = 'pending' AND next_attempt_ms <= ?1
+                            AND (?2 = 0 OR source = 'jmafile')
+                            AND (?3 IS NULL OR (source = 'archive' AND classification = ?3
+                                                AND received_ms BETWEEN ?4 AND ?5))
                           ORDER BY priority, received_ms, serial LIMIT 1)
              RETURNING seq, source, id, serial, classification, received_ms, url, plan, path, attempts",
         )
         .bind(now)
+        .bind(jmafile_only)
+        .bind(classification)
+        .bind(from)
+        .bind(to)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -484,12 +461,69 @@ impl Store {
     }
 
     /// When the earliest waiting item becomes due, if any item is waiting.
-    pub async fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT MIN(next_attempt_ms) FROM items WHERE state = 'pending'")
-                .fetch_one(&self.pool)
-                .await?,
+    pub async fn next_due_ms(&self, claim: &Claim) -> Result<Option<i64>, StoreError> {
+        let (jmafile_only, classification, from, to) = claim.params();
+        if *claim == Claim::Any {
+            // Served by the items_due index alone.
+            return Ok(sqlx::query_scalar(
+                "SELECT MIN(next_attempt_ms) FROM items WHERE state = 'pending'",
+            )
+            .fetch_one(&self.pool)
+            .await?);
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_ms) FROM items
+             WHERE state = 'pending'
+               AND (?1 = 0 OR source = 'jmafile')
+               AND (?2 IS NULL OR (source = 'archive' AND classification = ?2
+                                   AND received_ms BETWEEN ?3 AND ?4))",
         )
+        .bind(jmafile_only)
+        .bind(classification)
+        .bind(from)
+        .bind(to)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Which of `ids` are already recorded for `source`.
+    pub async fn known_ids(
+        &self,
+        source: Source,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let list = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM items WHERE source = ? AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(source.as_str())
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Archives of one classification with dates in `[from_ms, to_ms]`, counted by state.
+    pub async fn archive_progress(
+        &self,
+        classification: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM items
+             WHERE source = 'archive' AND classification = ? AND received_ms BETWEEN ? AND ?
+             GROUP BY state",
+        )
+        .bind(classification)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get("state"), r.get("n")))
+            .collect())
     }
 
     /// Body requests started since `since_ms` (to restore the data budget after a restart),
@@ -539,6 +573,15 @@ impl Store {
             bytes: r.get("b"),
         })
         .collect();
+        let archive_newest = sqlx::query(
+            "SELECT classification, MAX(received_ms) AS newest FROM items
+             WHERE source = 'archive' AND state = 'done' GROUP BY classification ORDER BY classification",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.get("classification"), r.get("newest")))
+        .collect();
         let last_landed_ms =
             sqlx::query_scalar("SELECT MAX(finished_ms) FROM items WHERE state = 'done'")
                 .fetch_one(&self.pool)
@@ -566,6 +609,7 @@ impl Store {
         Ok(StatusReport {
             cursors,
             counts,
+            archive_newest,
             last_landed_ms,
             recent_errors,
         })
@@ -618,6 +662,87 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// Inserts listed items (skipping known ids) inside `tx`.
+async fn insert_items(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    items: &[NewItem],
+    now: i64,
+) -> Result<Committed, StoreError> {
+    let mut done = Committed::default();
+    for item in items {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM items WHERE source = ? AND id = ?")
+                .bind(item.source.as_str())
+                .bind(&item.id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if exists.is_some() {
+            done.duplicates += 1;
+            done.new.push(false);
+            continue;
+        }
+        let mut path = item.path.clone();
+        if let Some(p) = &path {
+            let taken: Option<i64> = sqlx::query_scalar("SELECT seq FROM items WHERE path = ?")
+                .bind(p)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if taken.is_some() {
+                let unique = crate::download::plan::disambiguate(p, &item.id);
+                tracing::warn!(
+                    event = "path_collision",
+                    id = %item.id,
+                    path = %p,
+                    using = %unique,
+                    "another item already owns this path; storing this one beside it"
+                );
+                path = Some(unique);
+            }
+        }
+        let plan = match &item.plan {
+            Some(p) => serde_json::to_string(p).map_err(|e| StoreError::BadRow {
+                id: item.id.clone(),
+                detail: e.to_string(),
+            })?,
+            None => "null".to_owned(),
+        };
+        let (state, finished) = match &item.refused {
+            Some(_) => ("failed", Some(now)),
+            None => ("pending", None),
+        };
+        sqlx::query(
+            "INSERT INTO items (source, id, serial, classification, received_ms, url, plan,
+                                    state, priority, last_error, path, listed_ms, finished_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(item.source.as_str())
+        .bind(&item.id)
+        .bind(item.serial.map(|s| s as i64))
+        .bind(&item.classification)
+        .bind(item.received_ms)
+        .bind(&item.url)
+        .bind(plan)
+        .bind(state)
+        .bind(match item.source {
+            Source::Jmafile => 0i64,
+            Source::Archive => 1,
+        })
+        .bind(&item.refused)
+        .bind(path)
+        .bind(now)
+        .bind(finished)
+        .execute(&mut **tx)
+        .await?;
+        if item.refused.is_some() {
+            done.refused += 1;
+        } else {
+            done.inserted += 1;
+        }
+        done.new.push(true);
+    }
+    Ok(done)
 }
 
 fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Claimed, StoreError> {

@@ -1,6 +1,7 @@
 //! Integration tests: the real daemon (in-process tasks or the real binary) against the
 //! project's simulator over real HTTP on 127.0.0.1, with a real SQLite file in a temp dir.
 
+mod archive;
 mod budget;
 mod cli;
 mod common;

@@ -1,0 +1,214 @@
+//! `jma-poller backfill`: queue and download one classification's archives for a date range.
+//!
+//! SQLite is the single source of truth, so this is safe beside a running daemon: the command
+//! lists the range and records what is new; whoever holds the data dir downloads it. If a
+//! daemon holds it, the daemon's workers pick the items up and this command only reports
+//! progress; if not (or once the daemon stops), this command downloads them itself, through
+//! the same request budget (restored from the request log). Interrupted, it leaves the rest
+//! queued: running it again resumes, and the daemon would finish them too.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::Date;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::app::{RunError, SHUTDOWN_GRACE};
+use crate::config::Settings;
+use crate::download::Downloader;
+use crate::poll::archive::{date_ms, fmt_date, list_archives};
+use crate::state::{Claim, Store, now_ms};
+use crate::storage::{Storage, StorageError};
+
+/// Paging guard: 40 pages of 100 covers ten years of one classification.
+const MAX_PAGES: u32 = 40;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub total: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub interrupted: bool,
+    /// Whether this process downloaded (no daemon held the data dir at some point).
+    pub downloaded_here: bool,
+}
+
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    last: (i64, i64, i64),
+    last_line: Option<tokio::time::Instant>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} archives {msg}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Progress {
+            bar,
+            last: (-1, -1, -1),
+            last_line: None,
+        }
+    }
+
+    fn update(&mut self, total: i64, done: i64, failed: i64) {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total as u64);
+            bar.set_position((done + failed) as u64);
+            bar.set_message(if failed > 0 {
+                format!("({failed} failed)")
+            } else {
+                String::new()
+            });
+            bar.tick();
+            return;
+        }
+        // Plain lines off a terminal: on change, at most every 5 s.
+        let now = tokio::time::Instant::now();
+        let due = self
+            .last_line
+            .is_none_or(|t| now - t >= Duration::from_secs(5));
+        if (total, done, failed) != self.last && due {
+            info!(
+                event = "backfill_progress",
+                total,
+                done,
+                failed,
+                "backfill: {} of {total} archives finished",
+                done + failed
+            );
+            self.last = (total, done, failed);
+            self.last_line = Some(now);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+        }
+    }
+}
+
+pub async fn run(
+    settings: Settings,
+    classification: String,
+    from: Date,
+    to: Date,
+    cancel: CancellationToken,
+) -> Result<Report, RunError> {
+    let key = settings.api_key()?;
+    let store = Store::open(&settings.storage.database_path()).await?;
+    let client = crate::app::client(&settings, key, &store).await?;
+    let listing = list_archives(
+        &client,
+        &store,
+        std::slice::from_ref(&classification),
+        from,
+        Some(to),
+        settings.archive.keep_tarball,
+        MAX_PAGES,
+    )
+    .await
+    .map_err(|e| RunError::Task(format!("listing archives: {e}")))?;
+    let committed = store.insert(&listing.items, now_ms()).await?;
+    info!(
+        event = "backfill_listed",
+        classification = %classification,
+        from = %fmt_date(from),
+        to = %fmt_date(to),
+        new = committed.inserted,
+        refused = committed.refused,
+        pages = listing.pages,
+        "backfill: {} archive(s) newly queued",
+        committed.inserted
+    );
+
+    let claim = Claim::Archives {
+        classification: classification.clone(),
+        from_ms: date_ms(from),
+        to_ms: date_ms(to),
+    };
+    let workers_cancel = cancel.child_token();
+    let mut workers: JoinSet<()> = JoinSet::new();
+    let mut report = Report::default();
+    let mut told_daemon = false;
+    let mut progress = Progress::new();
+    loop {
+        if workers.is_empty() {
+            match Storage::open(&settings.storage.data_dir) {
+                Ok(storage) => {
+                    let wake = Arc::new(Notify::new());
+                    let d = Arc::new(Downloader::new(
+                        store.clone(),
+                        client.clone(),
+                        Arc::new(storage),
+                        settings.download.clone(),
+                        wake,
+                    ));
+                    d.recover().await?;
+                    info!(
+                        event = "backfill_downloading",
+                        "no daemon holds the data dir: downloading here"
+                    );
+                    for _ in 0..settings.download.concurrency {
+                        let (d, c, claim) = (d.clone(), workers_cancel.clone(), claim.clone());
+                        workers.spawn(async move { d.run_worker(claim, c).await });
+                    }
+                    report.downloaded_here = true;
+                }
+                Err(StorageError::Locked { .. }) => {
+                    if !told_daemon {
+                        info!(
+                            event = "backfill_daemon",
+                            "a daemon is running on this data dir; it downloads what was queued, this command reports progress"
+                        );
+                        told_daemon = true;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let counts = store
+            .archive_progress(&classification, date_ms(from), date_ms(to))
+            .await?;
+        let count = |s: &str| {
+            counts
+                .iter()
+                .filter(|(st, _)| st == s)
+                .map(|(_, n)| *n)
+                .sum::<i64>()
+        };
+        report.total = counts.iter().map(|(_, n)| n).sum();
+        report.done = count("done");
+        report.failed = count("failed");
+        progress.update(report.total, report.done, report.failed);
+        if report.done + report.failed == report.total {
+            break;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                report.interrupted = true;
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    progress.finish();
+    workers_cancel.cancel();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    store.close().await;
+    Ok(report)
+}
