@@ -76,6 +76,8 @@ pub struct Settings {
     pub download: DownloadSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    pub server: ServerSettings,
+    pub hooks: HookSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +116,12 @@ pub struct StorageSettings {
     pub data_dir: PathBuf,
     /// SQLite state file; default `{data_dir}/state.sqlite`.
     pub database: Option<PathBuf>,
+    /// Remove files (and their rows) older than this; off when unset. Age is the item's
+    /// `receivedTime` (an archive's date). Items still queued or in flight are never touched.
+    #[serde(with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// Pause downloads while the data dir's filesystem has less free space than this.
+    pub min_free: ByteSize,
 }
 
 impl Default for StorageSettings {
@@ -125,6 +133,8 @@ impl Default for StorageSettings {
         StorageSettings {
             data_dir,
             database: None,
+            retention: None,
+            min_free: ByteSize::mib(256),
         }
     }
 }
@@ -245,6 +255,51 @@ impl Default for LimitSettings {
     }
 }
 
+/// The optional HTTP listener for health checks and Prometheus metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// e.g. `127.0.0.1:9464`; off when unset.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/readyz` fails when the last successful poll is older than this.
+    #[serde(with = "humantime_serde")]
+    pub ready_staleness: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: None,
+            ready_staleness: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A command run for every landed item, so downstream processing can follow the mirror.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HookSettings {
+    /// Program and arguments (no shell); the item's path is appended as the last argument and
+    /// passed in `JMA_POLLER_PATH` with `JMA_POLLER_ID`, `_SERIAL`, `_CLASSIFICATION`,
+    /// `_SOURCE`. Empty = no hook.
+    pub on_file: Vec<String>,
+    /// A run taking longer is killed and counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Runs before a failing hook is given up (the item itself stays done).
+    pub max_attempts: u32,
+}
+
+impl Default for HookSettings {
+    fn default() -> Self {
+        HookSettings {
+            on_file: Vec::new(),
+            timeout: Duration::from_secs(60),
+            max_attempts: 5,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -310,6 +365,7 @@ pub fn load_from(
             .with_list_parse_key("api.trusted_hosts")
             .with_list_parse_key("jmafile.types")
             .with_list_parse_key("archive.classifications")
+            .with_list_parse_key("hooks.on_file")
             .source(Some(env)),
     );
     let merged = builder.build().map_err(|e| match path {
@@ -402,6 +458,26 @@ impl Settings {
                 "jmafile.limit",
                 format!("{} is out of range 1..=100", jf.limit),
             ));
+        }
+
+        if let Some(r) = self.storage.retention {
+            if r < Duration::from_secs(3600) {
+                return Err(ConfigError::invalid(
+                    "storage.retention",
+                    "must be at least 1h (or unset to keep everything)",
+                ));
+            }
+        }
+        if let Some(program) = self.hooks.on_file.first() {
+            if program.trim().is_empty() {
+                return Err(ConfigError::invalid("hooks.on_file", "the program name is empty"));
+            }
+            if self.hooks.timeout.is_zero() {
+                return Err(ConfigError::invalid("hooks.timeout", "must be longer than 0s"));
+            }
+            if self.hooks.max_attempts == 0 {
+                return Err(ConfigError::invalid("hooks.max_attempts", "must be at least 1"));
+            }
         }
 
         let ar = &self.archive;
