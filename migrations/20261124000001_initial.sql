@@ -9,8 +9,14 @@ CREATE TABLE cursors (
     token            TEXT,
     -- Filters the token was obtained with (JSON); tokens carry no filters, so they are resent.
     query            TEXT NOT NULL DEFAULT '{}',
-    -- Highest serial ever listed: paging back stops when it reaches this.
+    -- Watermark: every item with a serial up to this one is recorded. Paging back stops when
+    -- it reaches it. Advanced only when a pass is complete (no gap behind it).
     high_serial      INTEGER,
+    -- A backlog being paged back across polls: the nextToken to continue with, the head's
+    -- nextPooling to adopt once it is done, and the head's highest serial (the next watermark).
+    backlog_token    TEXT,
+    backlog_pooling  TEXT,
+    backlog_high     INTEGER,
     -- receivedTime (unix ms) of the newest item listed, bounds a re-baseline.
     last_received_ms INTEGER,
     -- nextPoolingInterval of the last response, and when that response arrived (unix ms):
@@ -36,6 +42,8 @@ CREATE TABLE items (
     -- 0 = jmafile (goes first), 1 = archives.
     priority        INTEGER NOT NULL DEFAULT 0,
     attempts        INTEGER NOT NULL DEFAULT 0,
+    -- 429 answers for this item: they back off (to 45 min) but never use up attempts.
+    throttles       INTEGER NOT NULL DEFAULT 0,
     next_attempt_ms INTEGER NOT NULL DEFAULT 0,
     last_error      TEXT,
     -- Final path relative to the data dir, fixed when the item is listed. Knowing it before

@@ -114,6 +114,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             store.clone(),
             settings.jmafile.clone(),
             settings.download.max_size.as_u64(),
+            settings.storage.retention,
             wake.clone(),
         );
         let c = tasks_cancel.clone();
@@ -124,6 +125,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             client.clone(),
             store.clone(),
             settings.archive.clone(),
+            settings.storage.retention,
             wake.clone(),
         );
         let c = tasks_cancel.clone();

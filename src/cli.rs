@@ -67,6 +67,16 @@ pub enum Command {
         #[arg(long, value_parser = parse_date_arg)]
         to: Option<time::Date>,
     },
+    /// Queue failed items again with fresh attempts, after fixing what made them fail (a
+    /// missing permission, a full disk). Safe while the daemon runs.
+    RetryFailed {
+        /// Only `jmafile` or `archive` items.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this classification.
+        #[arg(long)]
+        classification: Option<String>,
+    },
     /// Serve only the simulator (for trying things by hand, or benchmarks).
     Simulate {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -275,6 +285,40 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 )));
             }
             eprintln!("backfill: {} archives of {range} on disk", r.done);
+            Ok(())
+        }
+        Command::RetryFailed {
+            source,
+            classification,
+        } => {
+            let settings = load(&cli.config)?;
+            let source = match source.as_deref() {
+                None => None,
+                Some(s) => Some(crate::state::Source::parse(s).ok_or_else(|| {
+                    Failure::from((2, format!("--source {s:?}: use jmafile or archive")))
+                })?),
+            };
+            let path = settings.storage.database_path();
+            if !path.exists() {
+                return Err(Failure::from((
+                    1,
+                    format!("no database at {}", path.display()),
+                )));
+            }
+            let store = Store::open(&path)
+                .await
+                .map_err(|e| Failure::from((1, e)))?;
+            let (queued, left) = store
+                .retry_failed(source, classification.as_deref())
+                .await
+                .map_err(|e| Failure::from((1, e)))?;
+            store.close().await;
+            println!("{queued} failed item(s) queued again");
+            if left > 0 {
+                println!(
+                    "{left} item(s) stay failed: they were refused when listed (unsafe name, untrusted host, malformed entry) and cannot be fetched"
+                );
+            }
             Ok(())
         }
         Command::Simulate {

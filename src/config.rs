@@ -453,6 +453,12 @@ impl Settings {
                 ));
             }
         }
+        if jf.backfill > Duration::from_secs(31 * 86_400) {
+            return Err(ConfigError::invalid(
+                "jmafile.backfill",
+                "more than 31d; the API keeps jmafile data for about one month",
+            ));
+        }
         if !(1..=100).contains(&jf.limit) {
             return Err(ConfigError::invalid(
                 "jmafile.limit",
@@ -460,23 +466,32 @@ impl Settings {
             ));
         }
 
-        if let Some(r) = self.storage.retention {
-            if r < Duration::from_secs(3600) {
-                return Err(ConfigError::invalid(
-                    "storage.retention",
-                    "must be at least 1h (or unset to keep everything)",
-                ));
-            }
+        if let Some(r) = self.storage.retention
+            && r < Duration::from_secs(3600)
+        {
+            return Err(ConfigError::invalid(
+                "storage.retention",
+                "must be at least 1h (or unset to keep everything)",
+            ));
         }
         if let Some(program) = self.hooks.on_file.first() {
             if program.trim().is_empty() {
-                return Err(ConfigError::invalid("hooks.on_file", "the program name is empty"));
+                return Err(ConfigError::invalid(
+                    "hooks.on_file",
+                    "the program name is empty",
+                ));
             }
             if self.hooks.timeout.is_zero() {
-                return Err(ConfigError::invalid("hooks.timeout", "must be longer than 0s"));
+                return Err(ConfigError::invalid(
+                    "hooks.timeout",
+                    "must be longer than 0s",
+                ));
             }
             if self.hooks.max_attempts == 0 {
-                return Err(ConfigError::invalid("hooks.max_attempts", "must be at least 1"));
+                return Err(ConfigError::invalid(
+                    "hooks.max_attempts",
+                    "must be at least 1",
+                ));
             }
         }
 
@@ -697,6 +712,14 @@ mod tests {
                 "limits.data_burst",
             ),
             (&[("JMA_POLLER__LOG__LEVEL", "info,[[[")], "log.level"),
+            (
+                &[("JMA_POLLER__JMAFILE__BACKFILL", "20000years")],
+                "jmafile.backfill",
+            ),
+            (
+                &[("JMA_POLLER__STORAGE__RETENTION", "5m")],
+                "storage.retention",
+            ),
             (
                 &[("JMA_POLLER__JMAFILE__TYPES", "A,B,C,D,E,F")],
                 "jmafile.types",

@@ -131,6 +131,10 @@ pub struct Storage {
     tmp_dir: PathBuf,
     /// Held for the life of the process; the OS releases it even on kill -9.
     _lock: Option<File>,
+    /// Folders whose entries up to the data dir were fsynced by this process. A folder made by
+    /// a run that crashed before its parent's fsync exists but may not survive power loss, so
+    /// each one is made durable once per process before anything is placed in it.
+    durable: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl Storage {
@@ -162,6 +166,7 @@ impl Storage {
             data_dir: data_dir.to_owned(),
             tmp_dir: data_dir.join(TMP_DIR),
             _lock: Some(lock),
+            durable: Default::default(),
         };
         storage.sweep_tmp().map_err(io_err)?;
         fs::create_dir_all(&storage.tmp_dir).map_err(io_err)?;
@@ -222,11 +227,53 @@ impl Storage {
             .tempdir_in(&self.tmp_dir)
     }
 
+    /// Creates `dir` (inside the data dir) and fsyncs every folder entry on the way up, once
+    /// per folder per process.
+    fn durable_dir(&self, dir: &Path) -> io::Result<()> {
+        let known = self
+            .durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(dir);
+        if known {
+            return Ok(());
+        }
+        create_dirs_durably(dir)?;
+        let mut cur = dir;
+        while let Some(parent) = cur.parent() {
+            if !parent.starts_with(&self.data_dir) {
+                break;
+            }
+            sync_dir(parent)?;
+            if parent == self.data_dir {
+                break;
+            }
+            cur = parent;
+        }
+        self.durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir.to_owned());
+        Ok(())
+    }
+
+    /// Makes an item found in place after a crash durable before it is recorded as done: the
+    /// crash may have come between the rename and the directory fsync.
+    pub fn make_durable(&self, rel: &str) -> io::Result<u64> {
+        let path = self.abs(rel);
+        File::open(&path)?.sync_all()?;
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+            self.durable_dir(parent)?;
+        }
+        size_on_disk(&path)
+    }
+
     /// Moves a finished, fsynced temp file to `rel` and makes the rename durable.
     pub fn place_file(&self, tmp: NamedTempFile, rel: &str) -> io::Result<PathBuf> {
         let dest = self.abs(rel);
         let parent = dest.parent().unwrap_or(&self.data_dir).to_owned();
-        create_dirs_durably(&parent)?;
+        self.durable_dir(&parent)?;
         tmp.persist(&dest).map_err(|e| e.error)?;
         sync_dir(&parent)?;
         Ok(dest)
@@ -237,7 +284,7 @@ impl Storage {
     pub fn place_dir(&self, tmp: TempDir, rel: &str) -> io::Result<PathBuf> {
         let dest = self.abs(rel);
         let parent = dest.parent().unwrap_or(&self.data_dir).to_owned();
-        create_dirs_durably(&parent)?;
+        self.durable_dir(&parent)?;
         if dest.exists() {
             // Only reachable when something else created this path (our own finished items
             // are never placed twice); keep the swap crash-safe by moving it into .tmp first.

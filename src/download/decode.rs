@@ -126,6 +126,22 @@ impl std::fmt::Display for TooLargeRaw {
 }
 impl std::error::Error for TooLargeRaw {}
 
+/// Turns shutdown into an error for readers fed from a spooled file (a zip entry, a tarball),
+/// which can take a while to decompress and are not watched by [`BodyReader`].
+struct Cancellable<'a, R> {
+    inner: R,
+    cancel: &'a CancellationToken,
+}
+
+impl<R: Read> Read for Cancellable<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::other(Shutdown));
+        }
+        self.inner.read(buf)
+    }
+}
+
 /// Classifies an error met while reading (decoded) body bytes.
 fn read_error(e: io::Error, limit: u64) -> DecodeError {
     if let Some(inner) = e.get_ref() {
@@ -211,6 +227,7 @@ pub fn decode(
             tmp_dir,
             max_size,
             &mut buf,
+            cancel,
         );
     }
     let (staged, bytes) = match plan.compression {
@@ -256,6 +273,10 @@ pub fn decode(
                 }
                 other => DecodeError::Corrupt(format!("zip: {other}")),
             })?;
+            let entry = Cancellable {
+                inner: entry,
+                cancel,
+            };
             write_layout(entry, &plan.layout, tmp_dir, max_size, &mut buf)?
         }
     };
@@ -293,6 +314,7 @@ fn decode_archive(
     tmp_dir: &Path,
     max_size: u64,
     buf: &mut [u8],
+    cancel: &CancellationToken,
 ) -> Result<Decoded, DecodeError> {
     let mut spool = tempfile::Builder::new()
         .prefix("item-")
@@ -318,8 +340,15 @@ fn decode_archive(
         .prefix("item-")
         .tempdir_in(tmp_dir)
         .map_err(disk(tmp_dir))?;
-    let gz = MultiGzDecoder::new(BufReader::with_capacity(BUF, spool.as_file()));
+    let gz = MultiGzDecoder::new(BufReader::with_capacity(
+        BUF,
+        Cancellable {
+            inner: spool.as_file(),
+            cancel,
+        },
+    ));
     let unpacked = super::unpack::unpack(gz, dir.path(), max_size).map_err(|e| match e {
+        _ if cancel.is_cancelled() => DecodeError::Cancelled,
         // Inside a gzip stream that we already have in full, an I/O error is corruption.
         DecodeError::Disk { path, source } if path == spool_path => {
             DecodeError::Corrupt(source.to_string())

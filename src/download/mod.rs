@@ -29,8 +29,8 @@ use url::Url;
 use crate::api::{ApiError, Client};
 use crate::config::DownloadSettings;
 use crate::poll::FailureLog;
-use crate::state::{Claim, Claimed, Store, StoreError, now_ms};
-use crate::storage::{Storage, size_on_disk};
+use crate::state::{Claim, Claimed, Source, Store, StoreError, now_ms};
+use crate::storage::Storage;
 use decode::{DecodeError, Decoded, Staged};
 use plan::Compression;
 
@@ -55,6 +55,9 @@ enum Next {
         base: Duration,
         retry_after: Option<Duration>,
     },
+    /// HTTP 429: back off (honouring Retry-After, growing to 45 minutes: the provider has been
+    /// seen blocking one id for about 40), but never use up attempts.
+    Throttled { retry_after: Option<Duration> },
     /// Permanent: mark the item failed.
     Fail,
     /// Not the item's fault (full disk, refused key): pause every worker, attempt not counted.
@@ -63,12 +66,12 @@ enum Next {
     Requeue,
 }
 
-fn is_disk_full(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded
-}
+/// An item younger than this answering 403 points at the key (missing jmafile.data scope, IP
+/// restriction) rather than at the item having aged out of the one-month window.
+const YOUNG: Duration = Duration::from_secs(27 * 86_400);
 
 impl FetchError {
-    fn next(&self) -> Next {
+    fn next(&self, item: &Claimed) -> Next {
         let transient = Next::Retry {
             base: Duration::from_secs(2),
             retry_after: None,
@@ -79,14 +82,18 @@ impl FetchError {
                     why: "the data host refused the API key (401); check api.key and its jmafile.data/archive.data permissions",
                     wait: Duration::from_secs(300),
                 },
-                // With Retry-After the server said when; without it, start slow: the provider
-                // has been seen blocking a repeatedly fetched id for about 40 minutes.
-                Some(429) => Next::Retry {
-                    base: if e.retry_after().is_some() {
-                        Duration::from_secs(2)
-                    } else {
-                        Duration::from_secs(30)
-                    },
+                Some(403)
+                    if item.source == Source::Jmafile
+                        && item
+                            .received_ms
+                            .is_some_and(|r| now_ms() - r < YOUNG.as_millis() as i64) =>
+                {
+                    Next::Pause {
+                        why: "the data host answered 403 for an item younger than a month: the key may lack the jmafile.data permission or be limited to other IP addresses (changes take up to 5 minutes)",
+                        wait: Duration::from_secs(300),
+                    }
+                }
+                Some(429) => Next::Throttled {
                     retry_after: e.retry_after(),
                 },
                 _ if e.is_transient() => Next::Retry {
@@ -110,17 +117,24 @@ impl FetchError {
         }
     }
 
+    /// A local write error: a problem of the whole data dir pauses everyone; a problem of this
+    /// item's name fails the item; anything else is retried like a network error.
     fn disk(e: &io::Error) -> Next {
-        if is_disk_full(e) {
-            Next::Pause {
+        use io::ErrorKind as K;
+        match e.kind() {
+            K::StorageFull | K::QuotaExceeded => Next::Pause {
                 why: "the data dir is full; downloads resume once space is freed",
                 wait: Duration::from_secs(30),
-            }
-        } else {
-            Next::Pause {
-                why: "cannot write to storage.data_dir (permissions? read-only filesystem?)",
+            },
+            K::ReadOnlyFilesystem | K::PermissionDenied => Next::Pause {
+                why: "cannot write to storage.data_dir (read-only filesystem? permissions?)",
                 wait: Duration::from_secs(60),
-            }
+            },
+            K::InvalidFilename => Next::Fail,
+            _ => Next::Retry {
+                base: Duration::from_secs(2),
+                retry_after: None,
+            },
         }
     }
 }
@@ -148,7 +162,27 @@ pub struct Downloader {
     wake: Arc<Notify>,
     /// Set while storage or the key is unusable; every worker waits it out.
     paused_until: Mutex<Option<Instant>>,
+    /// Items this process is working on. A `fetching` row outside this set is an orphan (its
+    /// worker hit a database error after claiming it) and is resolved like after a crash.
+    working: Mutex<std::collections::HashSet<i64>>,
+    last_orphan_sweep: Mutex<Instant>,
 }
+
+/// Removes an item from [`Downloader::working`] however its attempt ends.
+struct Working<'a>(&'a Downloader, i64);
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0
+            .working
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// How often idle workers look for orphaned `fetching` rows.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(60);
 
 impl Downloader {
     pub fn new(
@@ -165,17 +199,41 @@ impl Downloader {
             settings,
             wake,
             paused_until: Mutex::new(None),
+            working: Mutex::new(Default::default()),
+            last_orphan_sweep: Mutex::new(Instant::now()),
         }
     }
 
-    /// Resolves items a previous run left `fetching`: adopted if their file is in place,
-    /// queued again otherwise. Returns (adopted, requeued).
+    /// Resolves items a previous run left `fetching`: adopted if their file is in place (made
+    /// durable first: the crash may have come before the directory fsync), queued again
+    /// otherwise. Returns (adopted, requeued).
     pub async fn recover(&self) -> Result<(usize, usize), StoreError> {
+        self.resolve_in_flight(false).await
+    }
+
+    async fn resolve_in_flight(&self, only_orphans: bool) -> Result<(usize, usize), StoreError> {
         let mut adopted = 0;
         let mut requeued = 0;
         for item in self.store.in_flight().await? {
-            match size_on_disk(&self.storage.abs(&item.path)) {
-                Ok(bytes) => {
+            if only_orphans
+                && self
+                    .working
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&item.seq)
+            {
+                continue;
+            }
+            let storage = self.storage.clone();
+            let rel = item.path.clone();
+            let in_place = tokio::task::spawn_blocking(move || {
+                let exists = storage.abs(&rel).exists();
+                exists.then(|| storage.make_durable(&rel))
+            })
+            .await
+            .unwrap_or(None);
+            match in_place {
+                Some(Ok(bytes)) => {
                     self.store.mark_done(item.seq, bytes, now_ms()).await?;
                     info!(
                         event = "adopted",
@@ -185,11 +243,18 @@ impl Downloader {
                         classification = %item.classification,
                         path = %item.path,
                         bytes,
-                        "file was in place before the last run stopped; recorded as done without fetching again"
+                        "file was in place before its download was recorded; recorded as done without fetching again"
                     );
                     adopted += 1;
                 }
-                Err(_) => {
+                Some(Err(e)) => {
+                    warn!(event = "requeued", id = %item.id, path = %item.path, error = %e, "found in place but cannot be made durable; fetching again");
+                    self.store
+                        .mark_retry(item.seq, Some(&e.to_string()), 0, true)
+                        .await?;
+                    requeued += 1;
+                }
+                None => {
                     self.store.mark_retry(item.seq, None, 0, true).await?;
                     requeued += 1;
                 }
@@ -203,6 +268,23 @@ impl Downloader {
             );
         }
         Ok((adopted, requeued))
+    }
+
+    /// Now and then (idle workers call this), resolves `fetching` rows nobody works on.
+    async fn sweep_orphans(&self) {
+        {
+            let mut last = self
+                .last_orphan_sweep
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() < ORPHAN_SWEEP {
+                return;
+            }
+            *last = Instant::now();
+        }
+        if let Err(e) = self.resolve_in_flight(true).await {
+            debug!(event = "store_error", error = %e, "orphan sweep failed; will try again");
+        }
     }
 
     fn paused(&self) -> Option<Instant> {
@@ -235,6 +317,11 @@ impl Downloader {
         let Some(item) = self.store.claim_next(now_ms(), claim).await? else {
             return Ok(Step::Idle); // another worker was quicker; the permit is refunded
         };
+        self.working
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(item.seq);
+        let _working = Working(self, item.seq);
         let started = Instant::now();
         let result = match self.fetch(&item, permit, cancel).await {
             Ok(decoded) => self.place(&item, decoded).await,
@@ -271,7 +358,7 @@ impl Downloader {
 
     async fn failed(&self, item: &Claimed, e: FetchError, ms: u64) -> Result<Step, StoreError> {
         let error = e.to_string();
-        match e.next() {
+        match e.next(item) {
             Next::Requeue => {
                 self.store.mark_retry(item.seq, None, 0, false).await?;
                 debug!(event = "requeued", id = %item.id, "download interrupted by shutdown; queued again");
@@ -311,6 +398,35 @@ impl Downloader {
                     "item failed permanently; it will not be fetched again (see `jma-poller status`)"
                 );
                 Ok(Step::Failed)
+            }
+            Next::Throttled { retry_after } => {
+                // Retry-After says when; without it (the provider's WAF sends none that is
+                // documented) start at a minute and grow to 45.
+                let base = if retry_after.is_some() {
+                    Duration::from_secs(2)
+                } else {
+                    Duration::from_secs(60)
+                };
+                let wait = crate::backoff::honour_retry_after(
+                    crate::backoff::delay(item.throttles + 1, base, Duration::from_secs(2700)),
+                    retry_after,
+                    Duration::from_secs(3600),
+                );
+                self.store
+                    .mark_throttled(item.seq, &error, now_ms() + wait.as_millis() as i64)
+                    .await?;
+                warn!(
+                    event = "throttled",
+                    source = item.source.as_str(),
+                    id = %item.id,
+                    serial = item.serial,
+                    classification = %item.classification,
+                    throttles = item.throttles + 1,
+                    retry_in_ms = wait.as_millis() as u64,
+                    error = %error,
+                    "rate limited (429); backing off this item and the data budget"
+                );
+                Ok(Step::Retrying)
             }
             Next::Retry { .. } if item.attempts >= self.settings.max_attempts => {
                 let error = format!("gave up after {} attempts: {error}", item.attempts);
@@ -461,6 +577,7 @@ impl Downloader {
                 Ok(Step::Cancelled) => return,
                 Ok(Step::Idle) => {
                     store_failures.recovered();
+                    self.sweep_orphans().await;
                     let wait = match self.store.next_due_ms(&claim).await {
                         Ok(Some(due)) => {
                             Duration::from_millis((due - now_ms()).clamp(0, IDLE_RECHECK_MS) as u64)

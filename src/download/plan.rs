@@ -221,9 +221,20 @@ pub fn disambiguate(rel_path: &str, id: &str) -> String {
         .take(10)
         .collect();
     let (dir, leaf) = rel_path.rsplit_once('/').unwrap_or(("", rel_path));
-    let new_leaf = match leaf.split_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.~{tag}.{ext}"),
-        _ => format!("{leaf}.~{tag}"),
+    let (stem, ext) = match leaf.split_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => (stem, Some(ext)),
+        _ => (leaf, None),
+    };
+    // Keep the result within the 255-byte name limit: shorten the stem, never the tag.
+    let extra = tag.len() + 2 + ext.map_or(0, |e| e.len() + 1);
+    let mut keep = stem.len().min(255usize.saturating_sub(extra));
+    while !stem.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let stem = &stem[..keep];
+    let new_leaf = match ext {
+        Some(ext) => format!("{stem}.~{tag}.{ext}"),
+        None => format!("{stem}.~{tag}"),
     };
     if dir.is_empty() {
         new_leaf
@@ -368,6 +379,17 @@ mod tests {
             plan_jmafile(&dup, &t, 1000),
             Err(PlanError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn disambiguation_stays_within_the_name_limit() {
+        let long = format!("d/{}.bin", "x".repeat(250));
+        let d = disambiguate(&long, "abcdefghijklmnop");
+        let leaf = d.rsplit('/').next().unwrap();
+        assert!(leaf.len() <= 255, "{}", leaf.len());
+        assert!(leaf.ends_with(".~abcdefghij.bin"));
+        let long = format!("d/{}", "日".repeat(90));
+        assert!(disambiguate(&long, "q").rsplit('/').next().unwrap().len() <= 255);
     }
 
     #[test]

@@ -191,6 +191,8 @@ pub struct ArchivePoller {
     client: Arc<Client>,
     store: Store,
     settings: ArchiveSettings,
+    /// `storage.retention`.
+    retention: Option<Duration>,
     wake: Arc<Notify>,
 }
 
@@ -207,12 +209,14 @@ impl ArchivePoller {
         client: Arc<Client>,
         store: Store,
         settings: ArchiveSettings,
+        retention: Option<Duration>,
         wake: Arc<Notify>,
     ) -> Self {
         ArchivePoller {
             client,
             store,
             settings,
+            retention,
             wake,
         }
     }
@@ -232,6 +236,15 @@ impl ArchivePoller {
                     today - time::Duration::days(days.max(1))
                 }
             }
+        };
+        // Nothing older than the retention period is listed again: it was removed on purpose.
+        let since = match self.retention {
+            Some(r) => since.max(
+                (OffsetDateTime::now_utc() - r)
+                    .to_offset(time::macros::offset!(+9))
+                    .date(),
+            ),
+            None => since,
         };
         let listing = list_archives(
             &self.client,
@@ -254,6 +267,7 @@ impl ArchivePoller {
             last_received_ms: None,
             interval_ms: Some(self.settings.check_interval.as_millis() as i64),
             last_poll_ms: Some(now),
+            ..Cursor::default()
         };
         let committed = self
             .store

@@ -1,20 +1,28 @@
 //! JmaFile PuLL: `GET /v2/jmafile`, following `nextPooling` as the next `cursorToken`.
 //!
-//! * First start: list without a cursor and page back (nextToken) over `jmafile.backfill`.
-//! * Afterwards: poll with the stored token, never sooner than `nextPoolingInterval` after the
-//!   previous response (across restarts too: the time is stored).
-//! * A page that carries `nextToken` is followed back until a serial we already know, so a
-//!   backlog larger than `limit` is never lost, whichever end of it the server returns first.
-//! * A refused cursor (HTTP 400 about `cursorToken`) drops the token; the next poll lists
-//!   without one and pages back to the highest known serial: no gap, and duplicates are
-//!   ignored by id.
-//! * New items and the new cursor are committed in one transaction.
+//! The poller is a small state machine kept in the `cursors` row, advanced one list call per
+//! step, and each step commits its items together with the new cursor state in one
+//! transaction:
+//!
+//! * **Head**: list with the stored `nextPooling` (or, with none, without a cursor: the very
+//!   first start, over `jmafile.backfill`; or after a refused cursor, back to the watermark).
+//!   Never sooner than `nextPoolingInterval` after the previous response, across restarts too.
+//! * **Backlog**: when a head page carries `nextToken` and has not yet reached the watermark,
+//!   the rest is paged back (one page per step, right away) until a page reaches it, whichever
+//!   end of the backlog the server returned first. Only then does the head's `nextPooling`
+//!   become the cursor and the watermark move up: a crash or an error mid-backlog resumes from
+//!   the stored nextToken and never leaves a gap.
+//! * The **watermark** says "every item up to this serial is recorded". Serials only decide
+//!   where to stop paging: items themselves are never dropped for their serial (duplicates are
+//!   ignored by id), so an odd or out-of-order serial upstream cannot hide an item.
+//! * A full PuLL page without `nextToken` (undocumented) may hide older items: the next step
+//!   lists without a cursor and pages back to the watermark.
 //!
 //! Cancellation: the loop stops at waits and while a list call is in flight; a commit that has
 //! started always finishes.
 
-use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -33,10 +41,14 @@ use crate::state::{Cursor, NewItem, Source, Store, StoreError, now_ms};
 
 pub const CURSOR: &str = "jmafile";
 const ENDPOINT: &str = "/v2/jmafile";
-/// Paging guard: the provider has been seen returning nextToken without end.
-pub const MAX_PAGES: u32 = 500;
+/// Paging guard: a backlog longer than this many pages is abandoned (logged as an error). The
+/// provider keeps a month of data; 1000 pages of 100 is far beyond a filtered subscription.
+pub const MAX_PAGES: u32 = 1000;
 /// Used when a response omits nextPoolingInterval (the documented example is 1600 ms).
 const DEFAULT_INTERVAL: Duration = Duration::from_millis(1600);
+/// Never poll faster than this, whatever the server says (the provider asks clients to stay
+/// well under 2 requests per second).
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Re-baselining starts this far before the newest known item, because the timezone the API
 /// applies to `datetime` values is undocumented (UTC or JST).
 const BASELINE_SLACK: Duration = Duration::from_secs(86_400);
@@ -55,17 +67,21 @@ pub enum PollError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Query {
     types: Vec<String>,
-    /// `datetime` lower bound (UTC, `YYYY-MM-DDTHH:MM:SS`), when one was used.
+    /// `datetime` lower bound (UTC, `YYYY-MM-DDTHH:MM:SS`); items older than it are not
+    /// wanted (the backfill horizon).
     since: Option<String>,
 }
 
-/// Outcome of one poll.
+/// Outcome of one step.
 #[derive(Debug, Clone)]
 pub struct PollReport {
     pub new: usize,
     pub refused: usize,
-    pub pages: u32,
-    /// nextPoolingInterval of this response: the earliest the next poll may go out.
+    /// This step fetched a backlog page (not a head poll).
+    pub backlog: bool,
+    /// A backlog is still being paged back: the next step should go right away.
+    pub more: bool,
+    /// nextPoolingInterval of this response: the earliest the next head poll may go out.
     pub interval: Duration,
 }
 
@@ -95,24 +111,6 @@ impl Entry {
             }
         }
     }
-
-    fn id(&self) -> Option<&str> {
-        match self {
-            Entry::Ok(i) => Some(&i.id),
-            Entry::Bad { id, .. } => id.as_deref(),
-        }
-    }
-}
-
-/// What the list calls of one poll returned, before anything is committed.
-struct Collected {
-    entries: Vec<Entry>,
-    pooling: String,
-    interval: Duration,
-    query: Query,
-    high_serial: Option<u64>,
-    last_received_ms: Option<i64>,
-    pages: u32,
 }
 
 pub struct JmaFilePoller {
@@ -120,7 +118,11 @@ pub struct JmaFilePoller {
     store: Store,
     settings: JmaFileSettings,
     max_size: u64,
+    /// `storage.retention`: nothing older is listed again (it may have been removed on purpose).
+    retention: Option<Duration>,
     wake: Arc<Notify>,
+    /// Pages of the current backlog fetched by this process (the paging guard).
+    backlog_pages: AtomicU32,
 }
 
 fn utc_stamp(t: OffsetDateTime) -> String {
@@ -134,6 +136,13 @@ fn utc_stamp(t: OffsetDateTime) -> String {
         t.minute(),
         t.second()
     )
+}
+
+fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn ms_to_time(ms: i64) -> OffsetDateTime {
@@ -151,6 +160,7 @@ impl JmaFilePoller {
         store: Store,
         settings: JmaFileSettings,
         max_size: u64,
+        retention: Option<Duration>,
         wake: Arc<Notify>,
     ) -> Self {
         JmaFilePoller {
@@ -158,52 +168,75 @@ impl JmaFilePoller {
             store,
             settings,
             max_size,
+            retention,
             wake,
+            backlog_pages: AtomicU32::new(0),
         }
     }
 
-    /// One poll: list (following pages as needed), then commit items and cursor together.
+    /// One step: one list call, then its items and the new cursor state in one transaction.
+    /// The network half is safe to cancel (nothing is written before the response is in).
     pub async fn poll_once(&self) -> Result<PollReport, PollError> {
-        let collected = self.collect().await?;
-        self.commit(collected).await
-    }
-
-    /// The network half of a poll. Safe to cancel: nothing is written.
-    async fn collect(&self) -> Result<Collected, PollError> {
-        let cursor = self.store.cursor(CURSOR).await?.unwrap_or_default();
-        let stored: Query = serde_json::from_str(&cursor.query).unwrap_or_default();
+        let stored = self.store.cursor(CURSOR).await?.unwrap_or_default();
+        let mut cursor = stored.clone();
+        let mut query: Query = serde_json::from_str(&cursor.query).unwrap_or_default();
         let now = OffsetDateTime::now_utc();
-        let types_changed = cursor.high_serial.is_some() && stored.types != self.settings.types;
-        // Decide where to start and where to stop paging back.
-        let (token, query, stop_serial, horizon) = match &cursor.token {
-            Some(token) if !types_changed => {
-                (Some(token.clone()), stored, cursor.high_serial, None)
+        let floor = self.retention.map(|r| now - r);
+
+        let following = cursor.token.is_some() || cursor.backlog_token.is_some();
+        if following && query.types != self.settings.types {
+            // New filters: list them afresh over the backfill window, and at least back to the
+            // newest item we had, so nothing that arrived meanwhile is skipped.
+            let mut horizon = now - self.settings.backfill;
+            if let Some(ms) = cursor.last_received_ms {
+                horizon = horizon.min(ms_to_time(ms) - BASELINE_SLACK);
             }
-            _ => {
-                let horizon = match (types_changed, cursor.last_received_ms) {
-                    // Token refused or lost: back to the newest item we know, with slack.
-                    (false, Some(ms)) => ms_to_time(ms) - BASELINE_SLACK,
-                    // First start, or the set of types changed: the backfill window.
+            info!(
+                event = "types_changed",
+                from = ?query.types,
+                to = ?self.settings.types,
+                "jmafile.types changed; listing the new set from {}",
+                utc_stamp(horizon)
+            );
+            cursor = Cursor {
+                last_received_ms: cursor.last_received_ms,
+                ..Cursor::default()
+            };
+            query = Query {
+                types: self.settings.types.clone(),
+                since: Some(utc_stamp(horizon)),
+            };
+        }
+
+        let backlog = cursor.backlog_token.clone();
+        let head_token = cursor.token.clone();
+        if backlog.is_none() && head_token.is_none() {
+            // A baseline: the first start, or a refused cursor (back to the newest known item).
+            let horizon = match (cursor.high_serial, cursor.last_received_ms) {
+                (Some(_), Some(ms)) => ms_to_time(ms) - BASELINE_SLACK,
+                _ => match &query.since {
+                    Some(since) if query.types == self.settings.types => {
+                        crate::api::models::parse_time(since)
+                            .unwrap_or(now - self.settings.backfill)
+                    }
                     _ => now - self.settings.backfill,
-                };
-                if types_changed {
-                    info!(
-                        event = "types_changed",
-                        "jmafile.types changed; listing the backfill window for the new set"
-                    );
-                }
-                let stop = if types_changed {
-                    None
-                } else {
-                    cursor.high_serial
-                };
-                let query = Query {
-                    types: self.settings.types.clone(),
-                    since: Some(utc_stamp(horizon)),
-                };
-                (None, query, stop, Some(horizon))
-            }
+                },
+            };
+            let horizon = floor.map_or(horizon, |f| horizon.max(f));
+            query = Query {
+                types: self.settings.types.clone(),
+                since: Some(utc_stamp(horizon)),
+            };
+        }
+        let horizon = query
+            .since
+            .as_deref()
+            .and_then(|s| crate::api::models::parse_time(s).ok());
+        let horizon = match (horizon, floor) {
+            (Some(h), Some(f)) => Some(h.max(f)),
+            (h, f) => h.or(f),
         };
+
         let mut params: Vec<(&str, String)> = vec![("limit", self.settings.limit.to_string())];
         if !query.types.is_empty() {
             params.push(("type", query.types.join(",")));
@@ -211,96 +244,110 @@ impl JmaFilePoller {
         if let Some(since) = &query.since {
             params.push(("datetime", format!("{since}~")));
         }
-
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut entries = Vec::new();
-        let mut high_serial = cursor.high_serial;
-        let mut last_received_ms = cursor.last_received_ms;
-        let mut pages = 0u32;
-        let mut next = token;
-        let mut head: Option<(String, Duration)> = None;
-        loop {
-            let mut q = params.clone();
-            if let Some(t) = &next {
-                q.push(("cursorToken", t.clone()));
-            }
-            let page: ListPage = self.client.list(ENDPOINT, &q).await?;
-            pages += 1;
-            if head.is_none() {
-                let pooling = page
-                    .next_pooling
-                    .clone()
-                    .ok_or_else(|| ApiError::Malformed {
-                        endpoint: ENDPOINT.into(),
-                        detail: "nextPooling is missing".into(),
-                    })?;
-                let interval = page
-                    .next_pooling_interval
-                    .map(Duration::from_millis)
-                    .unwrap_or(DEFAULT_INTERVAL)
-                    .min(Duration::from_secs(3600));
-                head = Some((pooling, interval));
-            }
-            let mut reached = false;
-            for raw in page.items {
-                let entry = Entry::parse(raw);
-                // Only a well-formed item moves the paging bounds: a garbled entry's serial
-                // could be anything, and trusting it could make us stop paging too early.
-                if let Entry::Ok(item) = &entry {
-                    let s = item.serial;
-                    high_serial = Some(high_serial.map_or(s, |h| h.max(s)));
-                    if stop_serial.is_some_and(|known| s <= known) {
-                        reached = true;
-                        continue;
-                    }
-                    let ms = time_to_ms(item.received_time);
-                    last_received_ms = Some(last_received_ms.map_or(ms, |l| l.max(ms)));
-                    if horizon.is_some_and(|h| item.received_time < h) {
-                        reached = true;
-                        continue;
-                    }
-                }
-                if let Some(id) = entry.id()
-                    && !seen.insert(id.to_owned())
-                {
-                    continue;
-                }
-                entries.push(entry);
-            }
-            match page.next_token {
-                Some(t) if !reached => {
-                    if pages >= MAX_PAGES {
-                        error!(
-                            event = "paging_capped",
-                            pages,
-                            "stopped paging back after {pages} pages; older items in this backlog \
-                             may be missing (check jmafile.types or jmafile.backfill)"
-                        );
-                        break;
-                    }
-                    next = Some(t);
-                }
-                _ => break,
-            }
+        if let Some(t) = backlog.as_ref().or(head_token.as_ref()) {
+            params.push(("cursorToken", t.clone()));
         }
-        let (pooling, interval) = head.expect("at least one page was fetched");
-        Ok(Collected {
-            entries,
-            pooling,
-            interval,
+        let page: ListPage = self.client.list(ENDPOINT, &params).await?;
+        self.step(
+            page,
+            cursor,
             query,
-            high_serial,
-            last_received_ms,
-            pages,
-        })
+            backlog.is_some(),
+            head_token.is_some(),
+            horizon,
+        )
+        .await
     }
 
-    /// The database half of a poll; not cancelled once started.
-    async fn commit(&self, c: Collected) -> Result<PollReport, PollError> {
+    /// The database half of a step; not cancelled once started.
+    async fn step(
+        &self,
+        page: ListPage,
+        mut cursor: Cursor,
+        query: Query,
+        is_backlog: bool,
+        is_pull: bool,
+        horizon: Option<OffsetDateTime>,
+    ) -> Result<PollReport, PollError> {
+        let interval = page
+            .next_pooling_interval
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_INTERVAL)
+            .clamp(MIN_INTERVAL, Duration::from_secs(3600));
+        let watermark = cursor.high_serial;
+        let full = page.items.len() >= self.settings.limit as usize;
+        let mut reached = false;
+        let mut page_high: Option<u64> = None;
+        let mut entries = Vec::with_capacity(page.items.len());
+        for raw in page.items {
+            let entry = Entry::parse(raw);
+            if let Entry::Ok(item) = &entry {
+                let ms = time_to_ms(item.received_time);
+                cursor.last_received_ms = Some(cursor.last_received_ms.map_or(ms, |l| l.max(ms)));
+                if horizon.is_some_and(|h| item.received_time < h) {
+                    reached = true;
+                    continue;
+                }
+                // Serials only tell where to stop; the item is kept (a known id is ignored on
+                // insert), so an out-of-order serial cannot hide a new item.
+                if watermark.is_some_and(|w| item.serial <= w) {
+                    reached = true;
+                }
+                page_high = Some(page_high.map_or(item.serial, |h| h.max(item.serial)));
+            }
+            entries.push(entry);
+        }
+        let paging_on = page.next_token.is_some() && !reached;
+        let mut more = false;
+        if is_backlog {
+            let pages = self.backlog_pages.fetch_add(1, Ordering::Relaxed) + 1;
+            if paging_on && pages < MAX_PAGES {
+                cursor.backlog_token = page.next_token;
+                more = true;
+            } else {
+                if paging_on {
+                    error!(
+                        event = "paging_capped",
+                        pages,
+                        "stopped paging back after {pages} pages; older items of this backlog may be missing \
+                         (narrow jmafile.types?)"
+                    );
+                }
+                cursor.token = cursor.backlog_pooling.take();
+                cursor.high_serial = max_opt(cursor.backlog_high.take(), watermark);
+                cursor.backlog_token = None;
+                self.backlog_pages.store(0, Ordering::Relaxed);
+            }
+        } else {
+            let pooling = page.next_pooling.ok_or_else(|| ApiError::Malformed {
+                endpoint: ENDPOINT.into(),
+                detail: "nextPooling is missing".into(),
+            })?;
+            let head_high = max_opt(page_high, watermark);
+            if paging_on {
+                // More behind this page: page back before adopting the new position.
+                cursor.backlog_token = page.next_token;
+                cursor.backlog_pooling = Some(pooling);
+                cursor.backlog_high = head_high;
+                self.backlog_pages.store(0, Ordering::Relaxed);
+                more = true;
+            } else if is_pull && full && page.next_token.is_none() && !reached {
+                warn!(
+                    event = "full_page",
+                    items = entries.len(),
+                    "a full PuLL page came without nextToken; listing again without a cursor, back to the last known serial, so nothing is skipped"
+                );
+                cursor.token = None;
+            } else {
+                cursor.token = Some(pooling);
+                cursor.high_serial = head_high;
+            }
+        }
+
         let trusted = self.client.trusted();
-        let mut items = Vec::with_capacity(c.entries.len());
-        // Oldest first, so serials and arrival order agree in the table.
-        for entry in c.entries.into_iter().rev() {
+        let mut items = Vec::with_capacity(entries.len());
+        // Oldest first, so arrival order and insertion order agree.
+        for entry in entries.into_iter().rev() {
             match entry {
                 Entry::Ok(item) => {
                     let received_ms = Some(time_to_ms(item.received_time));
@@ -361,14 +408,9 @@ impl JmaFilePoller {
             }
         }
         let now = now_ms();
-        let cursor = Cursor {
-            token: Some(c.pooling),
-            query: serde_json::to_string(&c.query).unwrap_or_else(|_| "{}".into()),
-            high_serial: c.high_serial,
-            last_received_ms: c.last_received_ms,
-            interval_ms: Some(c.interval.as_millis() as i64),
-            last_poll_ms: Some(now),
-        };
+        cursor.query = serde_json::to_string(&query).unwrap_or_else(|_| "{}".into());
+        cursor.interval_ms = Some(interval.as_millis() as i64);
+        cursor.last_poll_ms = Some(now);
         let committed = self.store.commit_poll(CURSOR, &cursor, &items, now).await?;
         for (item, new) in items.iter().zip(&committed.new) {
             if let (true, Some(reason)) = (*new, &item.refused) {
@@ -389,8 +431,9 @@ impl JmaFilePoller {
         Ok(PollReport {
             new: committed.inserted,
             refused: committed.refused,
-            pages: c.pages,
-            interval: c.interval,
+            backlog: is_backlog,
+            more,
+            interval,
         })
     }
 
@@ -422,13 +465,9 @@ impl JmaFilePoller {
                 _ = tokio::time::sleep_until(next_at) => {}
             }
             let started = Instant::now();
-            let collected = tokio::select! {
+            let result = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                c = self.collect() => c,
-            };
-            let result = match collected {
-                Ok(c) => self.commit(c).await,
-                Err(e) => Err(e),
+                r = self.poll_once() => r,
             };
             let wait = match result {
                 Ok(report) => {
@@ -447,7 +486,7 @@ impl JmaFilePoller {
                             event = "poll",
                             new = report.new,
                             refused = report.refused,
-                            pages = report.pages,
+                            backlog = report.backlog,
                             ms,
                             "listed {} new item(s)",
                             report.new + report.refused
@@ -456,10 +495,16 @@ impl JmaFilePoller {
                         debug!(
                             event = "poll",
                             new = 0,
-                            pages = report.pages,
+                            backlog = report.backlog,
                             ms,
                             "no new items"
                         );
+                    }
+                    if report.more {
+                        // Paging back a backlog: the next page goes out at once (the api
+                        // budget paces it); the interval applies to head polls.
+                        next_at = Instant::now();
+                        continue;
                     }
                     report.interval
                 }

@@ -45,6 +45,8 @@ pub struct ItemSpec {
     pub raw_entry: Option<Value>,
     /// Announce this `headers[0].length` instead of the true one.
     pub announced_length: Option<u64>,
+    /// Announce this serial instead of the real one (an upstream oddity).
+    pub announced_serial: Option<u64>,
 }
 
 impl Default for ItemSpec {
@@ -60,6 +62,7 @@ impl Default for ItemSpec {
             url_origin: None,
             raw_entry: None,
             announced_length: None,
+            announced_serial: None,
         }
     }
 }
@@ -87,6 +90,7 @@ pub struct SimItem {
     pub body: Bytes,
     pub url_origin: Option<String>,
     pub raw_entry: Option<Value>,
+    pub announced_serial: Option<u64>,
     /// What should land on disk (empty for items that must be refused).
     pub expected: Vec<ExpectedFile>,
 }
@@ -316,6 +320,7 @@ pub fn build(serial: u64, spec: &ItemSpec, now: OffsetDateTime) -> SimItem {
         body: Bytes::from(body),
         url_origin: spec.url_origin.clone(),
         raw_entry: spec.raw_entry.clone(),
+        announced_serial: spec.announced_serial,
         expected,
     }
 }

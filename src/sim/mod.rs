@@ -32,6 +32,9 @@ pub enum BacklogOrder {
     NewestFirst,
     /// The `limit` items just after the cursor; the next PuLL returns the following ones.
     OldestFirst,
+    /// The newest `limit` items and no nextToken at all: the rest is only reachable by
+    /// listing again without a cursor.
+    NewestWithoutToken,
 }
 
 #[derive(Debug, Clone)]

@@ -220,7 +220,7 @@ fn entry_json(item: &SimItem, origin: &str, strings: bool) -> Value {
         }
     }
     json!({
-        "serial": item.serial.to_string(),
+        "serial": item.announced_serial.unwrap_or(item.serial).to_string(),
         "id": item.id,
         "classification": item.classification,
         "headers": headers,
@@ -412,7 +412,9 @@ async fn jmafile_list(
                 (newer, None, global_max.max(t.serial))
             } else {
                 let page: Vec<_> = match config.backlog_order {
-                    BacklogOrder::NewestFirst => newer.into_iter().take(limit).collect(),
+                    BacklogOrder::NewestFirst | BacklogOrder::NewestWithoutToken => {
+                        newer.into_iter().take(limit).collect()
+                    }
                     BacklogOrder::OldestFirst => {
                         let n = newer.len();
                         newer.into_iter().skip(n - limit).collect()
@@ -420,10 +422,12 @@ async fn jmafile_list(
                 };
                 let lowest = page.last().map_or(0, |i| i.serial);
                 let pooling = match config.backlog_order {
-                    BacklogOrder::NewestFirst => global_max,
+                    BacklogOrder::NewestFirst | BacklogOrder::NewestWithoutToken => global_max,
                     BacklogOrder::OldestFirst => page.first().map_or(t.serial, |i| i.serial),
                 };
-                (page, Some(make_token("next", lowest, world.epoch)), pooling)
+                let next = (config.backlog_order != BacklogOrder::NewestWithoutToken)
+                    .then(|| make_token("next", lowest, world.epoch));
+                (page, next, pooling)
             }
         }
     };

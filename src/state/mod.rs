@@ -60,7 +60,7 @@ impl Source {
             Source::Archive => "archive",
         }
     }
-    fn parse(s: &str) -> Option<Source> {
+    pub fn parse(s: &str) -> Option<Source> {
         match s {
             "jmafile" => Some(Source::Jmafile),
             "archive" => Some(Source::Archive),
@@ -72,13 +72,21 @@ impl Source {
 /// The PuLL position of one list endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
+    /// nextPooling for the next head poll; `None` = list without a cursor (baseline).
     pub token: Option<String>,
     /// Filters the token was obtained with, as JSON; resent with it.
     pub query: String,
+    /// Watermark: every item up to this serial is recorded.
     pub high_serial: Option<u64>,
     pub last_received_ms: Option<i64>,
     pub interval_ms: Option<i64>,
     pub last_poll_ms: Option<i64>,
+    /// nextToken of a backlog still being paged back.
+    pub backlog_token: Option<String>,
+    /// nextPooling to adopt once the backlog is done.
+    pub backlog_pooling: Option<String>,
+    /// Highest serial of the backlog's head page (the watermark once it is done).
+    pub backlog_high: Option<u64>,
 }
 
 /// A listed item to record. `refused` items are stored as failed right away.
@@ -138,6 +146,8 @@ pub struct Claimed {
     pub plan: Plan,
     pub path: String,
     pub attempts: u32,
+    /// 429 answers so far (they never use up attempts).
+    pub throttles: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -279,7 +289,8 @@ impl Store {
 
     pub async fn cursor(&self, name: &str) -> Result<Option<Cursor>, StoreError> {
         let row = sqlx::query(
-            "SELECT token, query, high_serial, last_received_ms, interval_ms, last_poll_ms
+            "SELECT token, query, high_serial, last_received_ms, interval_ms, last_poll_ms,
+                    backlog_token, backlog_pooling, backlog_high
              FROM cursors WHERE name = ?",
         )
         .bind(name)
@@ -292,6 +303,9 @@ impl Store {
             last_received_ms: r.get("last_received_ms"),
             interval_ms: r.get("interval_ms"),
             last_poll_ms: r.get("last_poll_ms"),
+            backlog_token: r.get("backlog_token"),
+            backlog_pooling: r.get("backlog_pooling"),
+            backlog_high: r.get::<Option<i64>, _>("backlog_high").map(|s| s as u64),
         }))
     }
 
@@ -308,12 +322,15 @@ impl Store {
         let done = insert_items(&mut tx, items, now).await?;
         sqlx::query(
             "INSERT INTO cursors (name, token, query, high_serial, last_received_ms, interval_ms,
-                                  last_poll_ms, last_error, last_error_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL)
+                                  last_poll_ms, backlog_token, backlog_pooling, backlog_high,
+                                  last_error, last_error_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)
              ON CONFLICT (name) DO UPDATE SET
                 token = excluded.token, query = excluded.query,
                 high_serial = excluded.high_serial, last_received_ms = excluded.last_received_ms,
                 interval_ms = excluded.interval_ms, last_poll_ms = excluded.last_poll_ms,
+                backlog_token = excluded.backlog_token, backlog_pooling = excluded.backlog_pooling,
+                backlog_high = excluded.backlog_high,
                 last_error = NULL, last_error_ms = NULL",
         )
         .bind(name)
@@ -323,6 +340,9 @@ impl Store {
         .bind(cursor.last_received_ms)
         .bind(cursor.interval_ms)
         .bind(cursor.last_poll_ms)
+        .bind(&cursor.backlog_token)
+        .bind(&cursor.backlog_pooling)
+        .bind(cursor.backlog_high.map(|s| s as i64))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -357,12 +377,17 @@ impl Store {
         Ok(())
     }
 
-    /// Drops the cursor token (after the API refused it), keeping serial and times.
+    /// Drops the cursor and any backlog token (after the API refused one), keeping the
+    /// watermark, so the next poll lists without a cursor back to it.
     pub async fn clear_cursor_token(&self, name: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE cursors SET token = NULL WHERE name = ?")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE cursors SET token = NULL, backlog_token = NULL, backlog_pooling = NULL,
+                                backlog_high = NULL
+             WHERE name = ?",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -379,7 +404,8 @@ impl Store {
                             AND (?3 IS NULL OR (source = 'archive' AND classification = ?3
                                                 AND received_ms BETWEEN ?4 AND ?5))
                           ORDER BY priority, received_ms, serial LIMIT 1)
-             RETURNING seq, source, id, serial, classification, received_ms, url, plan, path, attempts",
+             RETURNING seq, source, id, serial, classification, received_ms, url, plan, path, attempts,
+                       throttles",
         )
         .bind(now)
         .bind(jmafile_only)
@@ -403,7 +429,8 @@ impl Store {
     /// Items a previous run left in `fetching` (it crashed or was killed mid-download).
     pub async fn in_flight(&self) -> Result<Vec<Claimed>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, source, id, serial, classification, received_ms, url, plan, path, attempts
+            "SELECT seq, source, id, serial, classification, received_ms, url, plan, path, attempts,
+                    throttles
              FROM items WHERE state = 'fetching'",
         )
         .fetch_all(&self.pool)
@@ -446,6 +473,58 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Back to the queue after a 429: the attempt is given back and the throttle counted.
+    pub async fn mark_throttled(
+        &self,
+        seq: i64,
+        error: &str,
+        next_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE items SET state = 'pending', next_attempt_ms = ?, last_error = ?,
+                              attempts = attempts - 1, throttles = throttles + 1
+             WHERE seq = ?",
+        )
+        .bind(next_ms)
+        .bind(error)
+        .bind(seq)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Puts failed items back in the queue with fresh attempts (after the operator fixed the
+    /// cause). Items refused at listing (unsafe names, untrusted hosts) have no download plan
+    /// and stay failed. Returns (queued again, left failed).
+    pub async fn retry_failed(
+        &self,
+        source: Option<Source>,
+        classification: Option<&str>,
+    ) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let queued = sqlx::query(
+            "UPDATE items SET state = 'pending', attempts = 0, throttles = 0, next_attempt_ms = 0,
+                              last_error = NULL, finished_ms = NULL
+             WHERE state = 'failed' AND plan != 'null'
+               AND (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR classification = ?2)",
+        )
+        .bind(source.map(Source::as_str))
+        .bind(classification)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM items WHERE state = 'failed'
+               AND (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR classification = ?2)",
+        )
+        .bind(source.map(Source::as_str))
+        .bind(classification)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((queued, left as u64))
     }
 
     pub async fn mark_failed(&self, seq: i64, error: &str, now: i64) -> Result<(), StoreError> {
@@ -765,6 +844,7 @@ fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Claimed, StoreError
             .get::<Option<String>, _>("path")
             .ok_or_else(|| bad("no path".into()))?,
         attempts: row.get::<i64, _>("attempts").max(0) as u32,
+        throttles: row.get::<i64, _>("throttles").max(0) as u32,
         id,
     })
 }

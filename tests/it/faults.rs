@@ -86,13 +86,20 @@ async fn transient_body_failures_are_retried_and_never_stored_corrupt() {
         "retried {waited:?} after a 429 with Retry-After: 1"
     );
     let store = env.store().await;
-    for item in &faulty {
+    for (i, item) in faulty.iter().enumerate() {
         let (state, attempts, _, _) = store
             .item_state(Source::Jmafile, &item.id)
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((state.as_str(), attempts), ("done", 2));
+        // A 429 is throttling, not the item's failure: it does not use up an attempt.
+        let expected = if i == 2 { 1 } else { 2 };
+        assert_eq!(
+            (state.as_str(), attempts),
+            ("done", expected),
+            "{:?}",
+            faults[i]
+        );
     }
 }
 
@@ -265,4 +272,151 @@ async fn malformed_list_responses_and_entries_never_stop_the_daemon() {
     let report = store.status().await.unwrap();
     assert!(report.cursors[0].has_token);
     assert!(report.cursors[0].last_error.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_backs_off_without_using_up_attempts() {
+    let sim = sim(150).await;
+    let env = Env::new();
+    let item = sim.add(ItemSpec::default());
+    sim.faults().data_for.insert(
+        item.id.clone(),
+        VecDeque::from(vec![DataFault::RetryAfter(429, 1); 3]),
+    );
+    let mut settings = env.settings(&sim);
+    settings.download.max_attempts = 2;
+    let daemon = Daemon::start(settings);
+    wait_until(
+        Duration::from_secs(40),
+        "the throttled item lands",
+        || async { landed(&env.data_dir, &item) },
+    )
+    .await;
+    daemon.stop().await;
+    assert_eq!(
+        fetches(&sim).get(&item.id),
+        Some(&4),
+        "three 429s, then the body"
+    );
+    let (state, attempts, ..) = env
+        .store()
+        .await
+        .item_state(Source::Jmafile, &item.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (state.as_str(), attempts),
+        ("done", 1),
+        "429s never counted as attempts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_pauses_downloads_for_a_young_item_and_fails_an_old_one() {
+    let sim = sim(150).await;
+    let env = Env::new();
+    let old = sim.add(ItemSpec {
+        received: Some(time::OffsetDateTime::now_utc() - time::Duration::days(28)),
+        ..ItemSpec::default()
+    });
+    let young = sim.add(ItemSpec::default());
+    sim.faults()
+        .data_for
+        .insert(old.id.clone(), [DataFault::Status(403)].into());
+    sim.faults()
+        .data_for
+        .insert(young.id.clone(), [DataFault::Status(403)].into());
+    let mut settings = env.settings(&sim);
+    settings.jmafile.backfill = Duration::from_secs(30 * 86_400);
+    let daemon = Daemon::start(settings);
+    wait_until(
+        Duration::from_secs(20),
+        "both were requested once",
+        || async {
+            let f = fetches(&sim);
+            f.get(&old.id) == Some(&1) && f.get(&young.id) == Some(&1)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = sim.add(ItemSpec::default());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.stop().await;
+    let store = env.store().await;
+    let (s, _, error, _) = store
+        .item_state(Source::Jmafile, &old.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s, "failed",
+        "a 403 for an item near the end of the one-month window: aged out"
+    );
+    assert!(error.unwrap().contains("403"));
+    let (s, attempts, error, _) = store
+        .item_state(Source::Jmafile, &young.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (s.as_str(), attempts),
+        ("pending", 0),
+        "a 403 for a young item is the key's problem: paused, not failed"
+    );
+    assert!(error.unwrap().contains("403"));
+    assert!(
+        !fetches(&sim).contains_key(&later.id),
+        "downloads are paused meanwhile"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_failed_queues_failed_items_again_while_the_daemon_runs() {
+    let sim = sim(150).await;
+    let env = Env::new();
+    let gone = sim.add(ItemSpec::default());
+    let refused = sim.add(ItemSpec {
+        kind: Kind::Plain,
+        filename: Some("../x".into()),
+        ..ItemSpec::default()
+    });
+    sim.faults()
+        .data_for
+        .insert(gone.id.clone(), [DataFault::Status(404)].into());
+    let daemon = Daemon::start(env.settings(&sim));
+    wait_until(Duration::from_secs(20), "the item fails", || async {
+        fetches(&sim).get(&gone.id) == Some(&1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let data = env.data_dir.display().to_string();
+    let out = std::process::Command::new(bin())
+        .args(["retry-failed", "--source", "jmafile"])
+        .env("JMA_POLLER__STORAGE__DATA_DIR", &data)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 failed item(s) queued again"), "{stdout}");
+    assert!(stdout.contains("1 item(s) stay failed"), "{stdout}");
+    wait_until(
+        Duration::from_secs(30),
+        "the re-queued item lands",
+        || async { landed(&env.data_dir, &gone) },
+    )
+    .await;
+    daemon.stop().await;
+    let (s, ..) = env
+        .store()
+        .await
+        .item_state(Source::Jmafile, &refused.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, "failed");
 }

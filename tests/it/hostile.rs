@@ -115,3 +115,59 @@ async fn hostile_names_and_untrusted_hosts_are_refused_and_the_daemon_keeps_runn
             .all(|r| !r.host.starts_with("localhost"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colliding_long_names_are_stored_side_by_side_and_never_stall_downloads() {
+    let sim = sim(150).await;
+    let env = Env::new();
+    let long = format!("{}.bin", "L".repeat(250));
+    let a = sim.add(ItemSpec {
+        kind: Kind::Plain,
+        filename: Some(long.clone()),
+        ..ItemSpec::default()
+    });
+    let b = sim.add(ItemSpec {
+        kind: Kind::Plain,
+        filename: Some(long.clone()),
+        ..ItemSpec::default()
+    });
+    let after: Vec<_> = (0..4).map(|_| sim.add(ItemSpec::default())).collect();
+    let daemon = Daemon::start(env.settings(&sim));
+    wait_until(Duration::from_secs(20), "later items land", || async {
+        all_landed(&env.data_dir, &after)
+    })
+    .await;
+    let store = env.store().await;
+    wait_until(
+        Duration::from_secs(10),
+        "both long-named items are done",
+        || async {
+            let sa = store
+                .item_state(Source::Jmafile, &a.id)
+                .await
+                .unwrap()
+                .unwrap();
+            let sb = store
+                .item_state(Source::Jmafile, &b.id)
+                .await
+                .unwrap()
+                .unwrap();
+            sa.0 == "done" && sb.0 == "done"
+        },
+    )
+    .await;
+    daemon.stop().await;
+    assert!(landed(&env.data_dir, &a), "the first keeps its name");
+    let (_, _, _, path) = store
+        .item_state(Source::Jmafile, &b.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let path = path.unwrap();
+    let leaf = path.rsplit('/').next().unwrap();
+    assert!(leaf.len() <= 255 && leaf.contains(".~"), "{leaf}");
+    assert_eq!(
+        std::fs::read(env.data_dir.join(&path)).unwrap(),
+        b.expected[0].bytes.as_ref()
+    );
+}

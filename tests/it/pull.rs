@@ -204,3 +204,127 @@ async fn expired_cursor_rebaselines_with_no_gap_and_no_duplicates() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pull_page_without_next_token_is_listed_again_without_a_gap() {
+    let sim = sim(150).await;
+    sim.config().backlog_order = BacklogOrder::NewestWithoutToken;
+    let env = Env::new();
+    let first = vec![sim.add(ItemSpec::default())];
+    let daemon = Daemon::start(env.settings(&sim));
+    wait_until(Duration::from_secs(15), "first item", || async {
+        all_landed(&env.data_dir, &first)
+    })
+    .await;
+    daemon.stop().await;
+    // 250 while stopped; the PuLL answer holds the newest 100 and no way to page back.
+    let backlog: Vec<_> = (0..250)
+        .map(|i| {
+            sim.add(ItemSpec {
+                size: 300 + i,
+                ..ItemSpec::default()
+            })
+        })
+        .collect();
+    let daemon = Daemon::start(env.settings(&sim));
+    wait_until(
+        Duration::from_secs(60),
+        "the whole backlog lands",
+        || async { all_landed(&env.data_dir, &backlog) },
+    )
+    .await;
+    daemon.stop().await;
+    let f = fetches(&sim);
+    assert!(
+        backlog.iter().all(|i| f.get(&i.id) == Some(&1)),
+        "each id fetched exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_odd_serial_upstream_never_hides_later_items() {
+    let sim = sim(150).await;
+    let env = Env::new();
+    let mut items = vec![sim.add(ItemSpec {
+        announced_serial: Some(u64::MAX),
+        ..ItemSpec::default()
+    })];
+    let daemon = Daemon::start(env.settings(&sim));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        items.push(sim.add(ItemSpec::default()));
+    }
+    wait_until(
+        Duration::from_secs(15),
+        "items after the outlier land",
+        || async { all_landed(&env.data_dir, &items) },
+    )
+    .await;
+    // And after a re-baseline, which pages back to the watermark.
+    sim.expire_tokens();
+    let later = vec![sim.add(ItemSpec::default())];
+    wait_until(
+        Duration::from_secs(15),
+        "items after a re-baseline land",
+        || async { all_landed(&env.data_dir, &later) },
+    )
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_jmafile_types_lists_the_new_set_and_loses_nothing_meanwhile() {
+    let sim = sim(150).await;
+    let env = Env::new();
+    let radar = "RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL";
+    let soil = "SRF_GPV_Ggis1km_Psw_Fper10min_FH01-06";
+    // A typo matches nothing; fixing it must take effect.
+    let mut settings = env.settings(&sim);
+    settings.jmafile.types = vec!["RDR_GPV_TYPO".into()];
+    let daemon = Daemon::start(settings.clone());
+    let first = vec![sim.add(ItemSpec {
+        type_name: radar.into(),
+        ..ItemSpec::default()
+    })];
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    daemon.stop().await;
+    assert!(!all_landed(&env.data_dir, &first));
+    settings.jmafile.types = vec!["RDR_GPV".into()];
+    let daemon = Daemon::start(settings.clone());
+    wait_until(
+        Duration::from_secs(15),
+        "the corrected type lists",
+        || async { all_landed(&env.data_dir, &first) },
+    )
+    .await;
+    daemon.stop().await;
+
+    // Down for a while: a radar item arrived two hours ago (beyond the 1 h backfill); then a
+    // second type is added. Neither the old type's item nor the new type's are lost.
+    let two_hours_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
+    let missed = vec![
+        sim.add(ItemSpec {
+            type_name: radar.into(),
+            received: Some(two_hours_ago),
+            ..ItemSpec::default()
+        }),
+        sim.add(ItemSpec {
+            type_name: soil.into(),
+            ..ItemSpec::default()
+        }),
+    ];
+    settings.jmafile.types = vec![radar.into(), soil.into()];
+    let daemon = Daemon::start(settings);
+    wait_until(Duration::from_secs(15), "both land", || async {
+        all_landed(&env.data_dir, &missed)
+    })
+    .await;
+    daemon.stop().await;
+    let f = fetches(&sim);
+    assert!(
+        first
+            .iter()
+            .chain(&missed)
+            .all(|i| f.get(&i.id) == Some(&1))
+    );
+}
