@@ -61,6 +61,8 @@ CREATE UNIQUE INDEX items_path ON items (path) WHERE path IS NOT NULL;
 CREATE INDEX items_queue ON items (priority, received_ms, serial) WHERE state = 'pending';
 CREATE INDEX items_due ON items (next_attempt_ms) WHERE state = 'pending';
 CREATE INDEX items_state ON items (state, source);
+-- Retention walks items from the oldest.
+CREATE INDEX items_received ON items (received_ms);
 
 -- When each body download was started, so the data budget survives a restart (a crash loop
 -- must not turn into a burst of requests upstream). Pruned to the last day.

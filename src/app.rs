@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::api::{ApiError, Client};
 use crate::config::{ConfigError, Secret, Settings};
 use crate::download::Downloader;
+use crate::health::Health;
 use crate::poll::archive::ArchivePoller;
 use crate::poll::jmafile::JmaFilePoller;
 use crate::state::{Claim, Store, StoreError, now_ms};
@@ -79,10 +80,23 @@ pub async fn client(
 /// Runs the daemon until `shutdown` is cancelled or a task fails fatally.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
     let key = settings.api_key()?;
-    let storage = Arc::new(Storage::open(&settings.storage.data_dir)?);
+    // Bind first: a busy port is a configuration problem, reported before anything else.
+    let listener = match settings.server.listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            ConfigError::invalid("server.listen", format!("cannot listen on {addr}: {e}"))
+        })?),
+        None => None,
+    };
+    crate::telemetry::metrics();
+    let storage = Arc::new(
+        Storage::open(&settings.storage.data_dir)?
+            .with_min_free(settings.storage.min_free.as_u64()),
+    );
     let db_path = settings.storage.database_path();
     let store = Store::open(&db_path).await?;
     let client = client(&settings, key, &store).await?;
+    let health = Arc::new(Health::default());
+    health.set_files(store.done_count().await?);
 
     let wake = Arc::new(Notify::new());
     let downloader = Arc::new(Downloader::new(
@@ -91,6 +105,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         storage.clone(),
         settings.download.clone(),
         wake.clone(),
+        health.clone(),
     ));
     downloader.recover().await?;
 
@@ -108,6 +123,52 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 
     let tasks_cancel = shutdown.child_token();
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
+    if let Some(listener) = listener {
+        info!(event = "listening", addr = %settings.server.listen.map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz and /metrics");
+        let polling = settings.jmafile.enabled || settings.archive.enabled;
+        let staleness = polling.then_some(settings.server.ready_staleness);
+        let (h, st, c) = (health.clone(), store.clone(), tasks_cancel.clone());
+        tasks.spawn(async move {
+            crate::server::serve(listener, h, st, staleness, c).await;
+            Ok(())
+        });
+    }
+    {
+        let (h, st, cl, c) = (
+            health.clone(),
+            store.clone(),
+            client.clone(),
+            tasks_cancel.clone(),
+        );
+        tasks.spawn(async move {
+            crate::health::supervise(h, st, cl, c).await;
+            Ok(())
+        });
+    }
+    if let Some(retention) = settings.storage.retention {
+        let (st, sg, c) = (store.clone(), storage.clone(), tasks_cancel.clone());
+        tasks.spawn(async move {
+            crate::retention::run(st, sg, retention, c).await;
+            Ok(())
+        });
+    }
+    if !settings.jmafile.enabled && !settings.archive.enabled {
+        health.assume_contacted();
+    }
+    {
+        // READY=1 once config, database and the first API contact are good.
+        let (h, c) = (health.clone(), tasks_cancel.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = c.cancelled() => {}
+                _ = h.contacted() => {
+                    info!(event = "ready", "first poll succeeded; ready");
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                }
+            }
+            Ok(())
+        });
+    }
     if settings.jmafile.enabled {
         let poller = JmaFilePoller::new(
             client.clone(),
@@ -116,6 +177,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             settings.download.max_size.as_u64(),
             settings.storage.retention,
             wake.clone(),
+            health.clone(),
         );
         let c = tasks_cancel.clone();
         tasks.spawn(async move { poller.run(c).await.map_err(RunError::Auth) });
@@ -127,6 +189,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             settings.archive.clone(),
             settings.storage.retention,
             wake.clone(),
+            health.clone(),
         );
         let c = tasks_cancel.clone();
         tasks.spawn(async move {
@@ -179,6 +242,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         }
     }
     tasks_cancel.cancel();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     info!(
         event = "stopping",
         "stopping: finishing or rolling back work in flight"

@@ -151,9 +151,10 @@ pub async fn run(
                     let d = Arc::new(Downloader::new(
                         store.clone(),
                         client.clone(),
-                        Arc::new(storage),
+                        Arc::new(storage.with_min_free(settings.storage.min_free.as_u64())),
                         settings.download.clone(),
                         wake,
+                        Arc::new(crate::health::Health::default()),
                     ));
                     d.recover().await?;
                     info!(

@@ -45,6 +45,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Exit 0 when the daemon is healthy, 1 when not (for Docker's HEALTHCHECK and the like):
+    /// asks `/readyz` when `server.listen` is set, else reads the last poll time from SQLite.
+    Healthcheck,
     /// Start the built-in simulator and run the daemon against it: no account needed.
     Demo {
         /// Where files land.
@@ -321,6 +324,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Healthcheck => {
+            let settings = load(&cli.config)?;
+            healthcheck(&settings).await
+        }
         Command::Simulate {
             listen,
             key,
@@ -396,6 +403,59 @@ fn prepare_demo_dir(dir: &std::path::Path) -> Result<(), Failure> {
     )
     .map_err(io)?;
     Ok(())
+}
+
+async fn healthcheck(settings: &Settings) -> Result<(), Failure> {
+    if let Some(addr) = settings.server.listen {
+        // A daemon listening on 0.0.0.0 (the container image) is reached on loopback.
+        let ip = match addr.ip() {
+            ip if !ip.is_unspecified() => ip,
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        let url = format!(
+            "http://{}/readyz",
+            std::net::SocketAddr::new(ip, addr.port())
+        );
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| Failure::from((1, e)))?;
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| Failure::from((1, format!("{url}: {}", crate::api::chain(&e)))))?;
+        let ok = response.status().is_success();
+        let body = response.text().await.unwrap_or_default();
+        if ok {
+            print!("{body}");
+            return Ok(());
+        }
+        return Err(Failure::from((1, format!("{url}: {}", body.trim()))));
+    }
+    let store = Store::open_read_only(&settings.storage.database_path())
+        .await
+        .map_err(|e| Failure::from((1, e)))?;
+    let report = store.status().await.map_err(|e| Failure::from((1, e)))?;
+    store.close().await;
+    let last = report.cursors.iter().filter_map(|c| c.last_poll_ms).max();
+    let staleness = settings.server.ready_staleness.as_millis() as i64;
+    match last {
+        Some(t) if now_ms() - t <= staleness => {
+            println!("ready: last successful poll {}", ago(Some(t)));
+            Ok(())
+        }
+        other => Err(Failure::from((
+            1,
+            format!(
+                "not ready: last successful poll {} (server.ready_staleness is {})",
+                ago(other),
+                humantime::format_duration(settings.server.ready_staleness)
+            ),
+        ))),
+    }
 }
 
 fn ago(ms: Option<i64>) -> String {

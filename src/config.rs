@@ -24,7 +24,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    fn invalid(key: &str, message: impl Into<String>) -> Self {
+    pub fn invalid(key: &str, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
             key: key.to_owned(),
             message: message.into(),

@@ -7,8 +7,10 @@
 //! * [`state`] — the SQLite store (cursor, items, request log): the only SQL in the crate.
 //! * [`poll`] — scheduler tasks: JmaFile PuLL, daily archives.
 //! * [`download`] — the worker pool: streaming fetch, decompress/split, verify, place.
-//! * [`storage`] — on-disk layout, safe names, atomic placement, temp sweep, data-dir lock.
-//! * [`telemetry`] — logging.
+//! * [`storage`] — on-disk layout, safe names, atomic placement, temp sweep, data-dir lock;
+//!   [`retention`] — removal of old items.
+//! * [`telemetry`] — logging and the metrics recorder; [`health`] — readiness, the systemd
+//!   watchdog and status; [`server`] — `/healthz`, `/readyz`, `/metrics`.
 //! * [`app`] — wiring and shutdown; [`backfill`] — the archive backfill command;
 //!   [`cli`] — the command line.
 //! * [`sim`] — a simulator of the API for `demo` and the tests.
@@ -20,7 +22,10 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod download;
+pub mod health;
 pub mod poll;
+pub mod retention;
+pub mod server;
 pub mod sim;
 pub mod state;
 pub mod storage;

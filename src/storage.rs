@@ -135,6 +135,8 @@ pub struct Storage {
     /// a run that crashed before its parent's fsync exists but may not survive power loss, so
     /// each one is made durable once per process before anything is placed in it.
     durable: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+    /// `storage.min_free`: downloads pause below this much free space.
+    min_free: u64,
 }
 
 impl Storage {
@@ -167,6 +169,7 @@ impl Storage {
             tmp_dir: data_dir.join(TMP_DIR),
             _lock: Some(lock),
             durable: Default::default(),
+            min_free: 0,
         };
         storage.sweep_tmp().map_err(io_err)?;
         fs::create_dir_all(&storage.tmp_dir).map_err(io_err)?;
@@ -201,6 +204,29 @@ impl Storage {
             );
         }
         Ok(removed)
+    }
+
+    /// Downloads pause while the filesystem has less than `bytes` free (`storage.min_free`).
+    pub fn with_min_free(mut self, bytes: u64) -> Storage {
+        self.min_free = bytes;
+        self
+    }
+
+    /// Bytes available to us on the data dir's filesystem.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let st = rustix::fs::statvfs(&self.data_dir)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// `Some((free, min_free))` while free space is below `storage.min_free`.
+    pub fn low_on_space(&self) -> Option<(u64, u64)> {
+        if self.min_free == 0 {
+            return None;
+        }
+        match self.free_space() {
+            Ok(free) if free < self.min_free => Some((free, self.min_free)),
+            _ => None,
+        }
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -164,6 +164,10 @@ impl Client {
         &self.api_budget
     }
 
+    pub fn list_timeout(&self) -> Duration {
+        self.list_timeout
+    }
+
     pub fn trusted(&self) -> &TrustedHosts {
         &self.trusted
     }
@@ -252,6 +256,7 @@ async fn status_error(
         .and_then(|v| v.to_str().ok())
         .and_then(crate::backoff::parse_retry_after);
     if status == StatusCode::TOO_MANY_REQUESTS {
+        metrics::counter!("jma_poller_http_429_total", "budget" => budget.name()).increment(1);
         let pause = retry_after
             .unwrap_or(Duration::from_secs(30))
             .min(MAX_RETRY_AFTER);

@@ -28,6 +28,7 @@ use url::Url;
 
 use crate::api::{ApiError, Client};
 use crate::config::DownloadSettings;
+use crate::health::Health;
 use crate::poll::FailureLog;
 use crate::state::{Claim, Claimed, Source, Store, StoreError, now_ms};
 use crate::storage::Storage;
@@ -151,6 +152,8 @@ pub enum Step {
     Failed,
     /// Nothing due now.
     Idle,
+    /// Downloads are paused (low disk space); the worker waits the pause out.
+    Paused,
     Cancelled,
 }
 
@@ -166,6 +169,10 @@ pub struct Downloader {
     /// worker hit a database error after claiming it) and is resolved like after a crash.
     working: Mutex<std::collections::HashSet<i64>>,
     last_orphan_sweep: Mutex<Instant>,
+    health: Arc<Health>,
+    /// Why downloads are paused, while they are: logged when it starts or changes, and once
+    /// more when downloads resume, not on every attempt.
+    pause_reason: Mutex<Option<&'static str>>,
 }
 
 /// Removes an item from [`Downloader::working`] however its attempt ends.
@@ -181,6 +188,9 @@ impl Drop for Working<'_> {
     }
 }
 
+/// How often free space is checked again while downloads are paused for it.
+const LOW_SPACE_RECHECK: Duration = Duration::from_secs(10);
+
 /// How often idle workers look for orphaned `fetching` rows.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(60);
 
@@ -191,6 +201,7 @@ impl Downloader {
         storage: Arc<Storage>,
         settings: DownloadSettings,
         wake: Arc<Notify>,
+        health: Arc<Health>,
     ) -> Self {
         Downloader {
             store,
@@ -201,6 +212,8 @@ impl Downloader {
             paused_until: Mutex::new(None),
             working: Mutex::new(Default::default()),
             last_orphan_sweep: Mutex::new(Instant::now()),
+            health,
+            pause_reason: Mutex::new(None),
         }
     }
 
@@ -292,12 +305,31 @@ impl Downloader {
         p.filter(|t| *t > Instant::now())
     }
 
-    /// Pauses all workers; true if this starts a new pause (log it then, not per item).
-    fn pause(&self, wait: Duration) -> bool {
-        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = p.is_none_or(|t| t <= Instant::now());
-        *p = Some(Instant::now() + wait);
-        fresh
+    /// Pauses all workers for `wait`; true if this starts a pause or changes its reason (log
+    /// it then, not per item).
+    fn pause(&self, why: &'static str, wait: Duration) -> bool {
+        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + wait);
+        self.health.set_paused(true);
+        let mut reason = self.pause_reason.lock().unwrap_or_else(|e| e.into_inner());
+        reason.replace(why) != Some(why)
+    }
+
+    /// Ends a pause (of this reason, or of any with `None`) because it is over; logs once.
+    fn resume_if(&self, only: Option<&'static str>) {
+        let was = {
+            let mut reason = self.pause_reason.lock().unwrap_or_else(|e| e.into_inner());
+            if only.is_some() && *reason != only {
+                return;
+            }
+            reason.take()
+        };
+        if let Some(why) = was {
+            self.health.set_paused(false);
+            info!(
+                event = "downloads_resumed",
+                "downloads resume (they were paused: {why})"
+            );
+        }
     }
 
     /// Downloads at most one item among those `claim` allows.
@@ -310,6 +342,21 @@ impl Downloader {
             Some(due) if due <= now_ms() => {}
             _ => return Ok(Step::Idle),
         }
+        if let Some((free, min)) = self.storage.low_on_space() {
+            if self.pause("low on space", LOW_SPACE_RECHECK) {
+                warn!(
+                    event = "downloads_paused",
+                    free_bytes = free,
+                    min_free = min,
+                    "free space in the data dir ({}) is below storage.min_free ({}); downloads paused until space returns",
+                    bytesize::ByteSize(free),
+                    bytesize::ByteSize(min)
+                );
+            }
+            return Ok(Step::Paused);
+        }
+        // Space is back; other pauses end when a download actually succeeds.
+        self.resume_if(Some("low on space"));
         let permit = tokio::select! {
             p = self.client.data_budget().acquire() => p,
             _ = cancel.cancelled() => return Ok(Step::Cancelled),
@@ -331,11 +378,23 @@ impl Downloader {
         match result {
             Ok((bytes, raw)) => {
                 self.store.mark_done(item.seq, bytes, now_ms()).await?;
+                self.health.landed();
+                self.resume_if(None);
                 // receivedTime → on disk; an archive has only a date, so no latency.
                 let latency_ms = (item.source == crate::state::Source::Jmafile)
                     .then_some(item.received_ms)
                     .flatten()
                     .map(|r| now_ms() - r);
+                let (source, class) = (item.source.as_str(), item.classification.clone());
+                metrics::counter!("jma_poller_items_downloaded_total", "source" => source, "classification" => class).increment(1);
+                metrics::counter!("jma_poller_bytes_total", "source" => source).increment(bytes);
+                metrics::counter!("jma_poller_raw_bytes_total", "source" => source).increment(raw);
+                metrics::histogram!("jma_poller_download_seconds", "source" => source)
+                    .record(ms as f64 / 1000.0);
+                if let Some(l) = latency_ms {
+                    metrics::histogram!("jma_poller_end_to_end_seconds")
+                        .record(l.max(0) as f64 / 1000.0);
+                }
                 info!(
                     event = "landed",
                     source = item.source.as_str(),
@@ -358,7 +417,29 @@ impl Downloader {
 
     async fn failed(&self, item: &Claimed, e: FetchError, ms: u64) -> Result<Step, StoreError> {
         let error = e.to_string();
-        match e.next(item) {
+        let next = e.next(item);
+        let source = item.source.as_str();
+        let reason = match &e {
+            FetchError::Api(a) => a.status().map_or("network", |_| "http"),
+            FetchError::Decode(DecodeError::Network(_)) => "network",
+            FetchError::Decode(DecodeError::Corrupt(_)) => "corrupt",
+            FetchError::Decode(DecodeError::Length(_)) => "length",
+            FetchError::Decode(_) | FetchError::Place(_) => "local",
+            FetchError::Internal(_) => "internal",
+        };
+        match &next {
+            Next::Fail => {
+                metrics::counter!("jma_poller_items_failed_total", "source" => source, "classification" => item.classification.clone()).increment(1);
+            }
+            Next::Retry { .. } if item.attempts >= self.settings.max_attempts => {
+                metrics::counter!("jma_poller_items_failed_total", "source" => source, "classification" => item.classification.clone()).increment(1);
+            }
+            Next::Retry { .. } | Next::Throttled { .. } | Next::Pause { .. } => {
+                metrics::counter!("jma_poller_retries_total", "source" => source, "reason" => reason).increment(1);
+            }
+            Next::Requeue => {}
+        }
+        match next {
             Next::Requeue => {
                 self.store.mark_retry(item.seq, None, 0, false).await?;
                 debug!(event = "requeued", id = %item.id, "download interrupted by shutdown; queued again");
@@ -373,7 +454,7 @@ impl Downloader {
                         false,
                     )
                     .await?;
-                if self.pause(wait) {
+                if self.pause(why, wait) {
                     error!(
                         event = "downloads_paused",
                         id = %item.id,
@@ -575,6 +656,7 @@ impl Downloader {
             notified.as_mut().enable();
             match self.step(&claim, &cancel).await {
                 Ok(Step::Cancelled) => return,
+                Ok(Step::Paused) => {}
                 Ok(Step::Idle) => {
                     store_failures.recovered();
                     self.sweep_orphans().await;

@@ -23,6 +23,7 @@ use crate::api::Client;
 use crate::api::models::{ArchiveItem, raw_identity};
 use crate::config::ArchiveSettings;
 use crate::download::plan::plan_archive;
+use crate::health::Health;
 use crate::state::{Cursor, NewItem, Source, Store, now_ms};
 
 pub const CURSOR: &str = "archive";
@@ -144,7 +145,7 @@ pub async fn list_archives(
                                         .and_then(|v| v.as_str())
                                         .unwrap_or("unknown")
                                         .to_owned(),
-                                    received_ms: None,
+                                    received_ms: Some(now_ms()),
                                     url: raw
                                         .get("url")
                                         .and_then(|v| v.as_str())
@@ -194,6 +195,7 @@ pub struct ArchivePoller {
     /// `storage.retention`.
     retention: Option<Duration>,
     wake: Arc<Notify>,
+    health: Arc<Health>,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +213,7 @@ impl ArchivePoller {
         settings: ArchiveSettings,
         retention: Option<Duration>,
         wake: Arc<Notify>,
+        health: Arc<Health>,
     ) -> Self {
         ArchivePoller {
             client,
@@ -218,6 +221,7 @@ impl ArchivePoller {
             settings,
             retention,
             wake,
+            health,
         }
     }
 
@@ -320,6 +324,18 @@ impl ArchivePoller {
                 _ = cancel.cancelled() => return,
                 r = self.check_once() => r,
             };
+            match &result {
+                Ok(report) => {
+                    self.health.poll_succeeded("archive");
+                    metrics::counter!("jma_poller_polls_total", "source" => "archive", "result" => "ok").increment(1);
+                    metrics::counter!("jma_poller_items_listed_total", "source" => "archive")
+                        .increment((report.new + report.refused) as u64);
+                }
+                Err(e) => {
+                    self.health.poll_failed(&e.to_string());
+                    metrics::counter!("jma_poller_polls_total", "source" => "archive", "result" => "error").increment(1);
+                }
+            }
             let wait = match result {
                 Ok(report) => {
                     let recovered = failures.recovered();

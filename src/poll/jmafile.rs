@@ -37,6 +37,7 @@ use crate::api::models::{JmaFileItem, ListPage, raw_identity};
 use crate::api::{ApiError, Client};
 use crate::config::JmaFileSettings;
 use crate::download::plan::plan_jmafile;
+use crate::health::Health;
 use crate::state::{Cursor, NewItem, Source, Store, StoreError, now_ms};
 
 pub const CURSOR: &str = "jmafile";
@@ -123,6 +124,7 @@ pub struct JmaFilePoller {
     wake: Arc<Notify>,
     /// Pages of the current backlog fetched by this process (the paging guard).
     backlog_pages: AtomicU32,
+    health: Arc<Health>,
 }
 
 fn utc_stamp(t: OffsetDateTime) -> String {
@@ -162,6 +164,7 @@ impl JmaFilePoller {
         max_size: u64,
         retention: Option<Duration>,
         wake: Arc<Notify>,
+        health: Arc<Health>,
     ) -> Self {
         JmaFilePoller {
             client,
@@ -171,6 +174,7 @@ impl JmaFilePoller {
             retention,
             wake,
             backlog_pages: AtomicU32::new(0),
+            health,
         }
     }
 
@@ -381,7 +385,8 @@ impl JmaFilePoller {
                         .and_then(|v| v.as_str())
                         .unwrap_or("unknown")
                         .to_owned(),
-                    received_ms: None,
+                    // No usable receivedTime: age it from now (for retention).
+                    received_ms: Some(now_ms()),
                     url: raw
                         .get("url")
                         .and_then(|v| v.as_str())
@@ -459,16 +464,33 @@ impl JmaFilePoller {
         }
         let mut failures = FailureLog::default();
         let mut contacted = false;
+        // The watchdog is fed while the loop keeps these promises (see `health`).
+        let grace = self.client.list_timeout() + Duration::from_secs(60);
         loop {
+            self.health
+                .promise(next_at.saturating_duration_since(Instant::now()) + grace);
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(next_at) => {}
             }
+            self.health.promise(grace);
             let started = Instant::now();
             let result = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 r = self.poll_once() => r,
             };
+            match &result {
+                Ok(report) => {
+                    self.health.poll_succeeded("jmafile");
+                    metrics::counter!("jma_poller_polls_total", "source" => "jmafile", "result" => "ok").increment(1);
+                    metrics::counter!("jma_poller_items_listed_total", "source" => "jmafile")
+                        .increment((report.new + report.refused) as u64);
+                }
+                Err(e) => {
+                    self.health.poll_failed(&e.to_string());
+                    metrics::counter!("jma_poller_polls_total", "source" => "jmafile", "result" => "error").increment(1);
+                }
+            }
             let wait = match result {
                 Ok(report) => {
                     contacted = true;

@@ -565,6 +565,77 @@ impl Store {
         .await?)
     }
 
+    /// A trivial query: is the database usable?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Items waiting or in flight, per source (cheap: only those rows are read).
+    pub async fn queue_depth(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, COUNT(*) AS n FROM items WHERE state IN ('pending', 'fetching')
+             GROUP BY source",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = vec![("jmafile", 0), ("archive", 0)];
+        for r in rows {
+            let source: String = r.get("source");
+            if let Some(slot) = out.iter_mut().find(|(s, _)| *s == source) {
+                slot.1 = r.get("n");
+            }
+        }
+        Ok(out)
+    }
+
+    /// Items on disk (for the `files` gauge; read once at start, then counted up).
+    pub async fn done_count(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE state = 'done'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Finished items (done or failed) received before `cutoff_ms`, oldest first: what
+    /// retention may remove. Items still queued or in flight are never returned.
+    pub async fn expired(
+        &self,
+        cutoff_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Option<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, path FROM items
+             WHERE received_ms < ? AND state IN ('done', 'failed')
+             ORDER BY received_ms LIMIT ?",
+        )
+        .bind(cutoff_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get("seq"), r.get("path")))
+            .collect())
+    }
+
+    /// Deletes rows (after their files are gone), in one transaction.
+    pub async fn delete_items(&self, seqs: &[i64]) -> Result<u64, StoreError> {
+        let list = serde_json::to_string(seqs).unwrap_or_else(|_| "[]".into());
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query(
+            "DELETE FROM items WHERE seq IN (SELECT value FROM json_each(?))
+               AND state IN ('done', 'failed')",
+        )
+        .bind(list)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// Which of `ids` are already recorded for `source`.
     pub async fn known_ids(
         &self,

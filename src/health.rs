@@ -1,0 +1,183 @@
+//! Liveness and readiness, shared by the tasks, the HTTP endpoints and systemd.
+//!
+//! * Tasks report successful polls ([`Health::poll_succeeded`]); `/readyz` and systemd's
+//!   `READY=1` depend on them.
+//! * The PuLL loop *promises* to come back before a deadline each time it sleeps or sends a
+//!   request ([`Health::promise`]). The systemd watchdog is fed only while that promise holds,
+//!   so a wedged loop (not merely a live runtime) gets the service restarted.
+//! * [`supervise`] refreshes the gauges and sends `STATUS=` and `WATCHDOG=1`.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Client;
+use crate::state::{Store, now_ms};
+
+#[derive(Debug)]
+pub struct Health {
+    last_success_ms: AtomicI64,
+    /// The PuLL loop checks in before this (unix ms); 0 = no promise (loop not running).
+    deadline_ms: AtomicI64,
+    contacted: watch::Sender<bool>,
+    last_error: Mutex<Option<String>>,
+    files: AtomicI64,
+    paused: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            last_success_ms: AtomicI64::new(0),
+            deadline_ms: AtomicI64::new(0),
+            contacted: watch::channel(false).0,
+            last_error: Mutex::new(None),
+            files: AtomicI64::new(0),
+            paused: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    /// A poll (or archive check) got a good answer from the API.
+    pub fn poll_succeeded(&self, task: &'static str) {
+        let now = now_ms();
+        self.last_success_ms.store(now, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.contacted.send_replace(true);
+        metrics::gauge!("jma_poller_last_success_timestamp_seconds", "task" => task)
+            .set(now as f64 / 1000.0);
+    }
+
+    pub fn poll_failed(&self, error: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_owned());
+    }
+
+    /// The caller will check in again within `within` (it is about to sleep or wait).
+    pub fn promise(&self, within: Duration) {
+        self.deadline_ms
+            .store(now_ms() + within.as_millis() as i64, Ordering::Relaxed);
+    }
+
+    /// False when a promise was made and broken: the loop is stuck.
+    pub fn alive(&self) -> bool {
+        let d = self.deadline_ms.load(Ordering::Relaxed);
+        d == 0 || now_ms() <= d
+    }
+
+    pub fn last_success_ms(&self) -> Option<i64> {
+        Some(self.last_success_ms.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Marks the service contacted without a poll (no list task enabled).
+    pub fn assume_contacted(&self) {
+        self.contacted.send_replace(true);
+    }
+
+    /// Resolves once the first poll has succeeded.
+    pub async fn contacted(&self) {
+        let mut rx = self.contacted.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    pub fn set_files(&self, n: i64) {
+        self.files.store(n, Ordering::Relaxed);
+        metrics::gauge!("jma_poller_files").set(n as f64);
+    }
+
+    pub fn landed(&self) {
+        let n = self.files.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("jma_poller_files").set(n as f64);
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+        metrics::gauge!("jma_poller_downloads_paused").set(if paused { 1.0 } else { 0.0 });
+    }
+
+    /// One line for `systemctl status` (`STATUS=`).
+    pub fn status_line(&self, queued: i64) -> String {
+        let files = self.files.load(Ordering::Relaxed);
+        let since = |ms: i64| {
+            humantime::format_duration(Duration::from_secs(((now_ms() - ms).max(0) / 1000) as u64))
+        };
+        let error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let paused = if self.paused.load(Ordering::Relaxed) {
+            "; downloads paused"
+        } else {
+            ""
+        };
+        match (self.last_success_ms(), error) {
+            (_, Some(e)) => format!(
+                "polling fails: {}; {files} files, {queued} queued{paused}",
+                e.chars().take(120).collect::<String>()
+            ),
+            (Some(t), None) => format!(
+                "polling; {files} files, {queued} queued; last poll {} ago{paused}",
+                since(t)
+            ),
+            (None, None) => format!("starting; {files} files, {queued} queued"),
+        }
+    }
+}
+
+/// How often gauges and systemd's status are refreshed (the watchdog may ask for more).
+const REFRESH: Duration = Duration::from_secs(10);
+
+/// Keeps the gauges, `STATUS=` and the watchdog going until `cancel`.
+pub async fn supervise(
+    health: Arc<Health>,
+    store: Store,
+    client: Arc<Client>,
+    cancel: CancellationToken,
+) {
+    let watchdog = sd_notify::watchdog_enabled();
+    let period = watchdog.map_or(REFRESH, |w| (w / 2).min(REFRESH));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_status = String::new();
+    let mut last_refresh: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if watchdog.is_some() && health.alive() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        if last_refresh.is_some_and(|t| t.elapsed() < REFRESH) {
+            continue;
+        }
+        last_refresh = Some(tokio::time::Instant::now());
+        let queued = match store.queue_depth().await {
+            Ok(rows) => {
+                let mut total = 0;
+                for (source, n) in rows {
+                    metrics::gauge!("jma_poller_queue_depth", "source" => source).set(n as f64);
+                    total += n;
+                }
+                total
+            }
+            Err(_) => 0,
+        };
+        for budget in [client.data_budget(), client.api_budget()] {
+            if let Some(left) = budget.remaining() {
+                metrics::gauge!("jma_poller_budget_remaining", "budget" => budget.name())
+                    .set(left as f64);
+            }
+        }
+        crate::telemetry::metrics().run_upkeep();
+        let status = health.status_line(queued);
+        if status != last_status {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
+            last_status = status;
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The optional HTTP listener (`server.listen`): `/healthz` (the process answers), `/readyz`
+//! (the database answers and a poll succeeded recently) and `/metrics` (Prometheus text).
+//! Off by default; bind it to loopback unless a scraper elsewhere needs it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Health;
+use crate::state::{Store, now_ms};
+
+#[derive(Clone)]
+struct Ctx {
+    health: Arc<Health>,
+    store: Store,
+    /// `/readyz` fails when the last successful poll is older than this; None = no poller.
+    staleness: Option<Duration>,
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    store: Store,
+    staleness: Option<Duration>,
+    cancel: CancellationToken,
+) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Ctx {
+            health,
+            store,
+            staleness,
+        });
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+    {
+        tracing::error!(event = "server_failed", error = %e, "the health/metrics listener stopped");
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(ctx): State<Ctx>) -> Response {
+    if let Err(e) = ctx.store.ping().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: database: {e}\n"),
+        )
+            .into_response();
+    }
+    if let Some(staleness) = ctx.staleness {
+        match ctx.health.last_success_ms() {
+            None => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no successful poll yet\n",
+                )
+                    .into_response();
+            }
+            Some(t) if now_ms() - t > staleness.as_millis() as i64 => {
+                let ago = (now_ms() - t) / 1000;
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: last successful poll {ago}s ago (server.ready_staleness is {}s)\n", staleness.as_secs()),
+                )
+                    .into_response();
+            }
+            Some(_) => {}
+        }
+    }
+    "ready\n".into_response()
+}
+
+async fn metrics() -> Response {
+    let handle = crate::telemetry::metrics();
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
