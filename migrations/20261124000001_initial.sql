@@ -70,3 +70,17 @@ CREATE TABLE fetch_log (
     at_ms  INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX fetch_log_at ON fetch_log (at_ms);
+
+-- The post-download hook (hooks.on_file): one row per landed item while hooks are configured,
+-- written in the same transaction that marks the item done, so it runs at least once even
+-- across crashes.
+CREATE TABLE hooks (
+    seq             INTEGER PRIMARY KEY REFERENCES items (seq) ON DELETE CASCADE,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    exit_code       INTEGER,
+    last_error      TEXT,
+    finished_ms     INTEGER
+) STRICT;
+CREATE INDEX hooks_queue ON hooks (next_attempt_ms) WHERE state = 'pending';

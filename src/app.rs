@@ -93,7 +93,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             .with_min_free(settings.storage.min_free.as_u64()),
     );
     let db_path = settings.storage.database_path();
-    let store = Store::open(&db_path).await?;
+    let hooks_on = !settings.hooks.on_file.is_empty();
+    let store = Store::open(&db_path).await?.with_hooks(hooks_on);
     let client = client(&settings, key, &store).await?;
     let health = Arc::new(Health::default());
     health.set_files(store.done_count().await?);
@@ -142,6 +143,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         );
         tasks.spawn(async move {
             crate::health::supervise(h, st, cl, c).await;
+            Ok(())
+        });
+    }
+    if hooks_on {
+        let (st, sg, hs, h, c) = (
+            store.clone(),
+            storage.clone(),
+            settings.hooks.clone(),
+            health.clone(),
+            tasks_cancel.clone(),
+        );
+        tasks.spawn(async move {
+            crate::hooks::run(st, sg, hs, h, c).await;
             Ok(())
         });
     }

@@ -107,7 +107,10 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<Report, RunError> {
     let key = settings.api_key()?;
-    let store = Store::open(&settings.storage.database_path()).await?;
+    // Items landed here get their hook run recorded; the daemon's runner executes it.
+    let store = Store::open(&settings.storage.database_path())
+        .await?
+        .with_hooks(!settings.hooks.on_file.is_empty());
     let client = crate::app::client(&settings, key, &store).await?;
     let listing = list_archives(
         &client,

@@ -45,6 +45,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the account's WebSocket sessions (`GET /v2/socket`): open sockets count against
+    /// the contract.
+    Sockets {
+        /// Only sessions in this state: waiting, open or closed.
+        #[arg(long)]
+        status: Option<String>,
+        /// Machine-readable output (the API's items as a JSON array).
+        #[arg(long)]
+        json: bool,
+    },
     /// Exit 0 when the daemon is healthy, 1 when not (for Docker's HEALTHCHECK and the like):
     /// asks `/readyz` when `server.listen` is set, else reads the last poll time from SQLite.
     Healthcheck,
@@ -324,6 +334,21 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Sockets { status, json } => {
+            let settings = load(&cli.config)?;
+            if let Some(st) = status.as_deref()
+                && !["waiting", "open", "closed"].contains(&st)
+            {
+                return Err(Failure::from((
+                    2,
+                    format!("--status {st:?}: use waiting, open or closed"),
+                )));
+            }
+            let key = settings.api_key().map_err(|e| Failure::from((2, e)))?;
+            let client =
+                crate::api::Client::new(&settings, key).map_err(|e| Failure::from((1, e)))?;
+            sockets(&client, status.as_deref(), json).await
+        }
         Command::Healthcheck => {
             let settings = load(&cli.config)?;
             healthcheck(&settings).await
@@ -402,6 +427,71 @@ fn prepare_demo_dir(dir: &std::path::Path) -> Result<(), Failure> {
         "created by `jma-poller demo`; the next demo run clears this folder\n",
     )
     .map_err(io)?;
+    Ok(())
+}
+
+/// Pages through `/v2/socket` (at most 50 pages) and prints the sessions.
+async fn sockets(
+    client: &crate::api::Client,
+    status: Option<&str>,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut raw_items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..50 {
+        let mut q: Vec<(&str, String)> = vec![("limit", "100".into())];
+        if let Some(st) = status {
+            q.push(("status", st.into()));
+        }
+        if let Some(c) = &cursor {
+            q.push(("cursorToken", c.clone()));
+        }
+        let page = client.list("/v2/socket", &q).await.map_err(|e| {
+            let code = if e.is_auth() { 3 } else { 1 };
+            Failure::from((code, e))
+        })?;
+        raw_items.extend(page.items);
+        match page.next_token {
+            Some(t) => cursor = Some(t),
+            None => break,
+        }
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&raw_items).map_err(|e| Failure::from((1, e)))?;
+        println!("{text}");
+        return Ok(());
+    }
+    if raw_items.is_empty() {
+        println!(
+            "no WebSocket sessions{}",
+            status
+                .map(|s| format!(" with status {s}"))
+                .unwrap_or_default()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<8} {:<20} {:<24} {:<24} {:<15} classifications",
+        "id", "status", "app", "start", "last ping", "ip"
+    );
+    for raw in raw_items {
+        match serde_json::from_value::<crate::api::models::SocketItem>(raw.clone()) {
+            Ok(s) => println!(
+                "{:<8} {:<8} {:<20} {:<24} {:<24} {:<15} {}",
+                s.id,
+                s.status,
+                s.app_name.as_deref().unwrap_or("-"),
+                s.start.as_deref().unwrap_or("-"),
+                s.ping.as_deref().unwrap_or("-"),
+                s.ip_address.as_deref().unwrap_or("-"),
+                s.classifications.join(",")
+            ),
+            Err(e) => println!(
+                "(unreadable entry: {e}: {})",
+                raw.to_string().chars().take(120).collect::<String>()
+            ),
+        }
+    }
     Ok(())
 }
 
@@ -533,6 +623,14 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
             .map(|t| crate::poll::archive::fmt_date(t.to_offset(time::macros::offset!(+9)).date()))
             .unwrap_or_default();
         println!("archive {classification}: newest day on disk {date}");
+    }
+    if !report.hooks.is_empty() {
+        let parts: Vec<String> = report
+            .hooks
+            .iter()
+            .map(|(state, n)| format!("{n} {state}"))
+            .collect();
+        println!("hook runs: {}", parts.join(", "));
     }
     println!("last landed: {}", ago(report.last_landed_ms));
     if !report.recent_errors.is_empty() {

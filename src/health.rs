@@ -26,6 +26,8 @@ pub struct Health {
     last_error: Mutex<Option<String>>,
     files: AtomicI64,
     paused: AtomicBool,
+    /// Woken whenever an item lands (the hook runner waits on it).
+    landed_signal: tokio::sync::Notify,
 }
 
 impl Default for Health {
@@ -37,6 +39,7 @@ impl Default for Health {
             last_error: Mutex::new(None),
             files: AtomicI64::new(0),
             paused: AtomicBool::new(false),
+            landed_signal: tokio::sync::Notify::new(),
         }
     }
 }
@@ -91,6 +94,12 @@ impl Health {
     pub fn landed(&self) {
         let n = self.files.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!("jma_poller_files").set(n as f64);
+        self.landed_signal.notify_waiters();
+    }
+
+    /// Resolves at the next landing (register with `enable` before checking for work).
+    pub fn landing(&self) -> tokio::sync::futures::Notified<'_> {
+        self.landed_signal.notified()
     }
 
     pub fn set_paused(&self, paused: bool) {

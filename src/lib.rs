@@ -8,7 +8,7 @@
 //! * [`poll`] — scheduler tasks: JmaFile PuLL, daily archives.
 //! * [`download`] — the worker pool: streaming fetch, decompress/split, verify, place.
 //! * [`storage`] — on-disk layout, safe names, atomic placement, temp sweep, data-dir lock;
-//!   [`retention`] — removal of old items.
+//!   [`retention`] — removal of old items; [`hooks`] — the post-download hook.
 //! * [`telemetry`] — logging and the metrics recorder; [`health`] — readiness, the systemd
 //!   watchdog and status; [`server`] — `/healthz`, `/readyz`, `/metrics`.
 //! * [`app`] — wiring and shutdown; [`backfill`] — the archive backfill command;
@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod download;
 pub mod health;
+pub mod hooks;
 pub mod poll;
 pub mod retention;
 pub mod server;

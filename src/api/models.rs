@@ -143,6 +143,38 @@ pub struct ArchiveItem {
     pub url: String,
 }
 
+/// One entry of `GET /v2/socket`: a WebSocket session of the account (they count against the
+/// contract, so operators want to see them).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketItem {
+    #[serde(deserialize_with = "lenient_u64")]
+    pub id: u64,
+    #[serde(default)]
+    pub ticket: Option<String>,
+    #[serde(default)]
+    pub classifications: Vec<String>,
+    #[serde(default)]
+    pub test: Option<String>,
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub formats: Vec<String>,
+    #[serde(default)]
+    pub app_name: Option<String>,
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub end: Option<String>,
+    #[serde(default)]
+    pub ping: Option<String>,
+    #[serde(default)]
+    pub ip_address: Option<String>,
+    #[serde(default)]
+    pub server: Option<String>,
+    pub status: String,
+}
+
 pub fn parse_date(s: &str) -> Result<time::Date, String> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     time::Date::parse(s.trim(), &fmt).map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))

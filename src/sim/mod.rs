@@ -212,6 +212,7 @@ struct World {
     last_received: Option<OffsetDateTime>,
     archives: Vec<SimArchive>,
     next_archive_serial: u64,
+    sockets: Vec<serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -367,6 +368,30 @@ impl Sim {
             }
         }
         out
+    }
+
+    /// Adds a WebSocket session to `GET /v2/socket` (`waiting`, `open` or `closed`).
+    pub fn add_socket(&self, status: &str, app_name: &str) -> u64 {
+        let mut w = lock(&self.inner.world);
+        let id = 1000 + w.sockets.len() as u64;
+        let now = data::rfc3339(OffsetDateTime::now_utc());
+        let open = status == "open";
+        w.sockets.push(serde_json::json!({
+            "id": id,
+            "ticket": if status == "waiting" { serde_json::json!(format!("ticket{id}")) } else { serde_json::Value::Null },
+            "classifications": ["telegram.earthquake", "eew.forecast"],
+            "test": "no",
+            "types": null,
+            "formats": ["xml", "json"],
+            "appName": app_name,
+            "start": now,
+            "end": if status == "closed" { serde_json::json!(now) } else { serde_json::Value::Null },
+            "ping": if open { serde_json::json!(now) } else { serde_json::Value::Null },
+            "ipAddress": if open { serde_json::json!("192.0.2.10") } else { serde_json::Value::Null },
+            "server": if open { serde_json::json!("websocket-03") } else { serde_json::Value::Null },
+            "status": status,
+        }));
+        id
     }
 
     pub fn archives(&self) -> Vec<SimArchive> {

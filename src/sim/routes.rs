@@ -23,6 +23,7 @@ pub(super) fn router(inner: Arc<Inner>) -> Router {
         .route("/v2/jmafile", get(jmafile_list))
         .route("/v1/{id}", get(jmafile_data))
         .route("/v2/archive", get(archive_list))
+        .route("/v2/socket", get(socket_list))
         .route("/v1/archive/{id}", get(archive_data))
         .fallback(not_found)
         .with_state(inner)
@@ -851,6 +852,85 @@ async fn archive_list(
                 "url": format!("{origin}/v1/archive/{}", a.id),
             })
         })
+        .collect();
+    let mut body = json!({
+        "responseId": response_id(),
+        "responseTime": rfc3339(OffsetDateTime::now_utc()),
+        "status": "ok",
+        "items": items,
+    });
+    if more {
+        body["nextToken"] = json!(make_token("next", (offset + limit) as u64, world.epoch));
+    }
+    drop(world);
+    record(&inner, req, axum::Json(body).into_response())
+}
+
+/// `GET /v2/socket`: the account's WebSocket sessions, newest first; `id`, `status`,
+/// `cursorToken`, `limit`.
+async fn socket_list(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let q = parse_query(&raw);
+    let parsed = param(&q, "cursorToken").map(parse_token);
+    let req = Request {
+        received: Instant::now(),
+        answered: Instant::now(),
+        path: "/v2/socket".into(),
+        query: raw.clone().unwrap_or_default(),
+        cursor_kind: parsed
+            .as_ref()
+            .and_then(|t| t.as_ref().map(|t| t.kind.clone())),
+        auth: check_auth(&inner, &headers, &q),
+        status: 0,
+        id: None,
+        host: host_of(&headers),
+    };
+    if !authorized(req.auth) {
+        return record(&inner, req, json_error(401, "Authentication required."));
+    }
+    let limit: usize = match param(&q, "limit") {
+        None => 20,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                return record(
+                    &inner,
+                    req,
+                    json_error(400, "The query parameter `limit` must be 1 to 100."),
+                );
+            }
+        },
+    };
+    let offset = match parsed {
+        None => 0usize,
+        Some(Some(t)) if t.kind == "next" => t.serial as usize,
+        _ => {
+            return record(
+                &inner,
+                req,
+                json_error(400, "Unexpected data  of search query `cursorToken`."),
+            );
+        }
+    };
+    let world = lock(&inner.world);
+    let mut matching: Vec<&Value> = world
+        .sockets
+        .iter()
+        .rev()
+        .filter(|s| match param(&q, "id") {
+            Some(id) => s["id"].as_u64().map(|n| n.to_string()).as_deref() == Some(id),
+            None => param(&q, "status").is_none_or(|st| s["status"] == st),
+        })
+        .collect();
+    let more = matching.len() > offset + limit;
+    let items: Vec<Value> = matching
+        .drain(..)
+        .skip(offset)
+        .take(limit)
+        .cloned()
         .collect();
     let mut body = json!({
         "responseId": response_id(),

@@ -186,6 +186,8 @@ pub struct StatusReport {
     pub counts: Vec<StateCount>,
     /// Newest archive date on disk, per classification (JST midnight, unix ms).
     pub archive_newest: Vec<(String, i64)>,
+    /// Hook runs by state (empty without hooks).
+    pub hooks: Vec<(String, i64)>,
     pub last_landed_ms: Option<i64>,
     pub recent_errors: Vec<RecentError>,
 }
@@ -203,6 +205,37 @@ pub struct Committed {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// `hooks.on_file` is set: every item marked done also gets a hook row.
+    hooks: bool,
+}
+
+/// How a hook run ended.
+#[derive(Debug, Clone, Copy)]
+pub enum HookOutcome<'a> {
+    Done,
+    Retry {
+        code: Option<i32>,
+        error: &'a str,
+        at_ms: i64,
+    },
+    Failed {
+        code: Option<i32>,
+        error: &'a str,
+    },
+    /// Stopped by shutdown: back to the queue, the attempt not counted.
+    Interrupted,
+}
+
+/// A hook run claimed by the runner.
+#[derive(Debug, Clone)]
+pub struct HookJob {
+    pub seq: i64,
+    pub attempts: u32,
+    pub source: String,
+    pub id: String,
+    pub serial: Option<i64>,
+    pub classification: String,
+    pub path: String,
 }
 
 impl Store {
@@ -238,7 +271,13 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Store { pool })
+        Ok(Store { pool, hooks: false })
+    }
+
+    /// Records a hook run for every item marked done from now on (`hooks.on_file` is set).
+    pub fn with_hooks(mut self, enabled: bool) -> Store {
+        self.hooks = enabled;
+        self
     }
 
     /// Opens an existing database for reading only (`status` while the daemon runs).
@@ -280,7 +319,7 @@ impl Store {
                 source: sqlx::Error::Protocol("not a jma-poller database".into()),
             });
         }
-        Ok(Store { pool })
+        Ok(Store { pool, hooks: false })
     }
 
     pub async fn close(&self) {
@@ -438,7 +477,10 @@ impl Store {
         rows.iter().map(claimed_from_row).collect()
     }
 
+    /// Marks an item done; with hooks on, its hook run is recorded in the same transaction, so
+    /// no crash can land an item without its hook (at least once).
     pub async fn mark_done(&self, seq: i64, bytes: u64, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "UPDATE items SET state = 'done', bytes = ?, finished_ms = ?, last_error = NULL
              WHERE seq = ?",
@@ -446,9 +488,96 @@ impl Store {
         .bind(bytes as i64)
         .bind(now)
         .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        if self.hooks {
+            sqlx::query(
+                "INSERT INTO hooks (seq, state) VALUES (?, 'pending') ON CONFLICT (seq) DO NOTHING",
+            )
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims the next due hook run, with what the command needs to know about its item.
+    pub async fn claim_hook(&self, now: i64) -> Result<Option<HookJob>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE hooks SET state = 'running', attempts = attempts + 1
+             WHERE seq = (SELECT seq FROM hooks WHERE state = 'pending' AND next_attempt_ms <= ?
+                          ORDER BY seq LIMIT 1)
+             RETURNING seq, attempts",
+        )
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let seq: i64 = row.get("seq");
+        let item =
+            sqlx::query("SELECT source, id, serial, classification, path FROM items WHERE seq = ?")
+                .bind(seq)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Some(HookJob {
+            seq,
+            attempts: row.get::<i64, _>("attempts").max(0) as u32,
+            source: item.get("source"),
+            id: item.get("id"),
+            serial: item.get("serial"),
+            classification: item.get("classification"),
+            path: item.get::<Option<String>, _>("path").unwrap_or_default(),
+        }))
+    }
+
+    /// Records a hook run's outcome: done, again after `retry_ms`, or failed for good.
+    pub async fn finish_hook(
+        &self,
+        seq: i64,
+        outcome: HookOutcome<'_>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (state, code, error, next) = match outcome {
+            HookOutcome::Done => ("done", Some(0), None, 0),
+            HookOutcome::Retry { code, error, at_ms } => ("pending", code, Some(error), at_ms),
+            HookOutcome::Failed { code, error } => ("failed", code, Some(error), 0),
+            HookOutcome::Interrupted => ("pending", None, None, 0),
+        };
+        sqlx::query(
+            "UPDATE hooks SET state = ?, exit_code = ?, last_error = COALESCE(?, last_error),
+                              next_attempt_ms = ?, finished_ms = ?,
+                              attempts = attempts - ?
+             WHERE seq = ?",
+        )
+        .bind(state)
+        .bind(code)
+        .bind(error)
+        .bind(next)
+        .bind(now)
+        .bind(matches!(outcome, HookOutcome::Interrupted) as i64)
+        .bind(seq)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Hook runs a crashed process left `running` go back to the queue (at least once).
+    pub async fn requeue_running_hooks(&self) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("UPDATE hooks SET state = 'pending' WHERE state = 'running'")
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    pub async fn next_hook_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(next_attempt_ms) FROM hooks WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Back to the queue after `next_ms`. `count_attempt = false` undoes the claim's attempt
@@ -608,6 +737,8 @@ impl Store {
         let rows = sqlx::query(
             "SELECT seq, path FROM items
              WHERE received_ms < ? AND state IN ('done', 'failed')
+               AND NOT EXISTS (SELECT 1 FROM hooks h
+                               WHERE h.seq = items.seq AND h.state IN ('pending', 'running'))
              ORDER BY received_ms LIMIT ?",
         )
         .bind(cutoff_ms)
@@ -732,6 +863,13 @@ impl Store {
         .into_iter()
         .map(|r| (r.get("classification"), r.get("newest")))
         .collect();
+        let hooks =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM hooks GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| (r.get("state"), r.get("n")))
+                .collect();
         let last_landed_ms =
             sqlx::query_scalar("SELECT MAX(finished_ms) FROM items WHERE state = 'done'")
                 .fetch_one(&self.pool)
@@ -759,6 +897,7 @@ impl Store {
         Ok(StatusReport {
             cursors,
             counts,
+            hooks,
             archive_newest,
             last_landed_ms,
             recent_errors,

@@ -8,5 +8,6 @@ mod common;
 mod crash;
 mod faults;
 mod hostile;
+mod ops;
 mod pull;
 mod sim;
