@@ -148,12 +148,17 @@ impl Storage {
         };
         fs::create_dir_all(data_dir).map_err(io_err)?;
         let lock_path = data_dir.join(LOCK_FILE);
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err)?;
+        // Created once, then held open read-only: flock needs no write access, and a file kept
+        // open for writing would stop the filesystem from being remounted read-only.
+        if !lock_path.exists() {
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(io_err)?;
+        }
+        let lock = File::open(&lock_path).map_err(io_err)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {

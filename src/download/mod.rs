@@ -129,7 +129,7 @@ impl FetchError {
             },
             K::ReadOnlyFilesystem | K::PermissionDenied => Next::Pause {
                 why: "cannot write to storage.data_dir (read-only filesystem? permissions?)",
-                wait: Duration::from_secs(60),
+                wait: Duration::from_secs(30),
             },
             K::InvalidFilename => Next::Fail,
             _ => Next::Retry {
@@ -339,7 +339,7 @@ impl Downloader {
         cancel: &CancellationToken,
     ) -> Result<Step, StoreError> {
         match self.store.next_due_ms(claim).await? {
-            Some(due) if due <= now_ms() => {}
+            Some(due) if due <= now_ms() || due > now_ms() + crate::state::CLOCK_JUMP_MS => {}
             _ => return Ok(Step::Idle),
         }
         if let Some((free, min)) = self.storage.low_on_space() {

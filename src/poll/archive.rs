@@ -308,7 +308,9 @@ impl ArchivePoller {
             ..
         })) = self.store.cursor(CURSOR).await
         {
-            let wait_ms = last + self.settings.check_interval.as_millis() as i64 - now_ms();
+            let interval = self.settings.check_interval.as_millis() as i64;
+            // Clamped against a wall clock that went back.
+            let wait_ms = (last + interval - now_ms()).min(interval);
             if wait_ms > 0 {
                 next_at += Duration::from_millis(wait_ms as u64);
             }

@@ -452,7 +452,9 @@ impl JmaFilePoller {
                 interval_ms: Some(interval),
                 ..
             })) => {
-                let wait_ms = last + interval - now_ms();
+                // Clamped: if the wall clock went back, the stored time is in the future and
+                // must not stall the first poll.
+                let wait_ms = (last + interval - now_ms()).min(interval);
                 if wait_ms > 0 {
                     next_at += Duration::from_millis(wait_ms as u64);
                 }

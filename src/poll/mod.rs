@@ -41,3 +41,23 @@ impl FailureLog {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_logged_on_change_and_reminded_every_ten_minutes() {
+        let mut log = FailureLog::default();
+        assert!(log.failed("api"), "the first failure is logged");
+        for _ in 0..100 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert!(!log.failed("api"), "repeats within 10 minutes are not");
+        }
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert!(log.failed("api"), "a reminder after 10 minutes");
+        assert!(log.failed("auth"), "a different failure is logged at once");
+        assert_eq!(log.recovered(), 103);
+        assert!(log.failed("auth"), "after recovery, a failure is new again");
+    }
+}

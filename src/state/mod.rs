@@ -33,6 +33,8 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    #[error("storage.database {}: this is another program's SQLite database (it has tables but no jma-poller schema); refusing to touch it. Point storage.database elsewhere", path.display())]
+    Foreign { path: PathBuf },
     #[error("storage.database {}: no database yet (the daemon creates it on first start)", path.display())]
     Missing { path: PathBuf },
     #[error("database: {0}")]
@@ -40,6 +42,11 @@ pub enum StoreError {
     #[error("database row for item {id}: {detail}")]
     BadRow { id: String, detail: String },
 }
+
+/// No retry is ever scheduled this far ahead (the longest backoff is under an hour). An item
+/// due later than this was scheduled before the wall clock went back, and is due now: a clock
+/// jump must not stall the queue.
+pub const CLOCK_JUMP_MS: i64 = 7_200_000;
 
 /// Milliseconds since the Unix epoch, the time unit of every column.
 pub fn now_ms() -> i64 {
@@ -264,6 +271,23 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
+        // Another program's database opens fine; refuse to add our tables to it.
+        let (tables, ours): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE name = '_sqlx_migrations')
+             FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        if tables > 0 && ours == 0 {
+            pool.close().await;
+            return Err(StoreError::Foreign {
+                path: path.to_owned(),
+            });
+        }
         MIGRATOR
             .run(&pool)
             .await
@@ -438,7 +462,8 @@ impl Store {
         let row = sqlx::query(
             "UPDATE items SET state = 'fetching', attempts = attempts + 1, started_ms = ?1
              WHERE seq = (SELECT seq FROM items
-                          WHERE state = 'pending' AND next_attempt_ms <= ?1
+                          WHERE state = 'pending'
+                            AND (next_attempt_ms <= ?1 OR next_attempt_ms > ?1 + 7200000) -- CLOCK_JUMP_MS
                             AND (?2 = 0 OR source = 'jmafile')
                             AND (?3 IS NULL OR (source = 'archive' AND classification = ?3
                                                 AND received_ms BETWEEN ?4 AND ?5))

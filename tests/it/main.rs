@@ -10,4 +10,5 @@ mod faults;
 mod hostile;
 mod ops;
 mod pull;
+mod robust;
 mod sim;
