@@ -427,17 +427,39 @@ impl Downloader {
             FetchError::Decode(_) | FetchError::Place(_) => "local",
             FetchError::Internal(_) => "internal",
         };
-        match &next {
-            Next::Fail => {
-                metrics::counter!("jma_poller_items_failed_total", "source" => source, "classification" => item.classification.clone()).increment(1);
-            }
-            Next::Retry { .. } if item.attempts >= self.settings.max_attempts => {
-                metrics::counter!("jma_poller_items_failed_total", "source" => source, "classification" => item.classification.clone()).increment(1);
-            }
-            Next::Retry { .. } | Next::Throttled { .. } | Next::Pause { .. } => {
-                metrics::counter!("jma_poller_retries_total", "source" => source, "reason" => reason).increment(1);
-            }
-            Next::Requeue => {}
+        // Transient failures beyond download.max_attempts end like permanent ones.
+        let exhausted =
+            matches!(next, Next::Retry { .. }) && item.attempts >= self.settings.max_attempts;
+        if matches!(next, Next::Fail) || exhausted {
+            let (error, what) = if exhausted {
+                (
+                    format!("gave up after {} attempts: {error}", item.attempts),
+                    "item failed after download.max_attempts; it will not be fetched again",
+                )
+            } else {
+                (
+                    error,
+                    "item failed permanently; it will not be fetched again (see `jma-poller status`)",
+                )
+            };
+            metrics::counter!("jma_poller_items_failed_total", "source" => source, "classification" => item.classification.clone()).increment(1);
+            self.store.mark_failed(item.seq, &error, now_ms()).await?;
+            error!(
+                event = "failed",
+                source,
+                id = %item.id,
+                serial = item.serial,
+                classification = %item.classification,
+                attempt = item.attempts,
+                ms,
+                error = %error,
+                "{what}"
+            );
+            return Ok(Step::Failed);
+        }
+        if !matches!(next, Next::Requeue) {
+            metrics::counter!("jma_poller_retries_total", "source" => source, "reason" => reason)
+                .increment(1);
         }
         match next {
             Next::Requeue => {
@@ -465,21 +487,8 @@ impl Downloader {
                 }
                 Ok(Step::Retrying)
             }
-            Next::Fail => {
-                self.store.mark_failed(item.seq, &error, now_ms()).await?;
-                error!(
-                    event = "failed",
-                    source = item.source.as_str(),
-                    id = %item.id,
-                    serial = item.serial,
-                    classification = %item.classification,
-                    attempt = item.attempts,
-                    ms,
-                    error = %error,
-                    "item failed permanently; it will not be fetched again (see `jma-poller status`)"
-                );
-                Ok(Step::Failed)
-            }
+            // Recorded above, with the exhausted retries.
+            Next::Fail => Ok(Step::Failed),
             Next::Throttled { retry_after } => {
                 // Retry-After says when; without it (the provider's WAF sends none that is
                 // documented) start at a minute and grow to 45.
@@ -508,22 +517,6 @@ impl Downloader {
                     "rate limited (429); backing off this item and the data budget"
                 );
                 Ok(Step::Retrying)
-            }
-            Next::Retry { .. } if item.attempts >= self.settings.max_attempts => {
-                let error = format!("gave up after {} attempts: {error}", item.attempts);
-                self.store.mark_failed(item.seq, &error, now_ms()).await?;
-                error!(
-                    event = "failed",
-                    source = item.source.as_str(),
-                    id = %item.id,
-                    serial = item.serial,
-                    classification = %item.classification,
-                    attempt = item.attempts,
-                    ms,
-                    error = %error,
-                    "item failed after download.max_attempts; it will not be fetched again"
-                );
-                Ok(Step::Failed)
             }
             Next::Retry { base, retry_after } => {
                 let wait = crate::backoff::honour_retry_after(

@@ -136,25 +136,13 @@ pub async fn list_archives(
                         Some(id) if !known.contains(&id) => {
                             all_old_or_known = false;
                             if seen.insert(id.clone()) {
-                                out.items.push(NewItem {
-                                    source: Source::Archive,
+                                out.items.push(super::malformed_entry(
+                                    Source::Archive,
                                     id,
                                     serial,
-                                    classification: raw
-                                        .get("classification")
-                                        .and_then(|v| v.as_str())
-                                        .unwrap_or("unknown")
-                                        .to_owned(),
-                                    received_ms: Some(now_ms()),
-                                    url: raw
-                                        .get("url")
-                                        .and_then(|v| v.as_str())
-                                        .unwrap_or("")
-                                        .to_owned(),
-                                    plan: None,
-                                    path: None,
-                                    refused: Some(format!("malformed list entry: {e}")),
-                                });
+                                    &raw,
+                                    &e.to_string(),
+                                ));
                             }
                         }
                         Some(_) => {}

@@ -376,26 +376,13 @@ impl JmaFilePoller {
                     serial,
                     raw,
                     reason,
-                } => items.push(NewItem {
-                    source: Source::Jmafile,
+                } => items.push(super::malformed_entry(
+                    Source::Jmafile,
                     id,
                     serial,
-                    classification: raw
-                        .get("classification")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("unknown")
-                        .to_owned(),
-                    // No usable receivedTime: age it from now (for retention).
-                    received_ms: Some(now_ms()),
-                    url: raw
-                        .get("url")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("")
-                        .to_owned(),
-                    plan: None,
-                    path: None,
-                    refused: Some(format!("malformed list entry: {reason}")),
-                }),
+                    &raw,
+                    &reason,
+                )),
                 Entry::Bad {
                     id: None,
                     raw,

@@ -7,6 +7,32 @@ pub mod jmafile;
 
 use std::time::Duration;
 
+use crate::state::{NewItem, Source, now_ms};
+
+/// A list entry that did not parse but has an id: recorded as failed with the reason, so it is
+/// visible in `status` and never fetched. Its fields are whatever could be read.
+pub(crate) fn malformed_entry(
+    source: Source,
+    id: String,
+    serial: Option<u64>,
+    raw: &serde_json::Value,
+    reason: &str,
+) -> NewItem {
+    let text = |key: &str| raw.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    NewItem {
+        source,
+        id,
+        serial,
+        classification: text("classification").unwrap_or_else(|| "unknown".into()),
+        // No usable time: age it from now (for retention).
+        received_ms: Some(now_ms()),
+        url: text("url").unwrap_or_default(),
+        plan: None,
+        path: None,
+        refused: Some(format!("malformed list entry: {reason}")),
+    }
+}
+
 /// Logs a failing task once per change of state instead of once per attempt, with a reminder
 /// every `REMIND` while it lasts, so a long outage does not flood the log.
 #[derive(Debug, Default)]

@@ -232,42 +232,111 @@ fn entry_json(item: &SimItem, origin: &str, strings: bool) -> Value {
     })
 }
 
+/// A list call that passed auth and the budget: its record, query, and cursor token (absent,
+/// unreadable, or parsed).
+type ListCall = (Request, Vec<(String, String)>, Option<Option<Token>>);
+
+/// The shared front of the list routes: the request record (with the kind of cursor sent),
+/// auth, and the list-host budget.
+#[allow(clippy::result_large_err)] // Err is the finished response; one per request.
+fn list_request(
+    inner: &Inner,
+    path: &str,
+    headers: &HeaderMap,
+    raw: &Option<String>,
+) -> Result<ListCall, Response> {
+    let q = parse_query(raw);
+    let token = param(&q, "cursorToken").map(parse_token);
+    let req = Request {
+        received: Instant::now(),
+        answered: Instant::now(),
+        path: path.to_owned(),
+        query: raw.clone().unwrap_or_default(),
+        cursor_kind: token
+            .as_ref()
+            .and_then(|t| t.as_ref().map(|t| t.kind.clone())),
+        auth: check_auth(inner, headers, &q),
+        status: 0,
+        id: None,
+        host: host_of(headers),
+    };
+    if !authorized(req.auth) {
+        return Err(record(
+            inner,
+            req,
+            json_error(401, "Authentication required."),
+        ));
+    }
+    let retry_after = lock(&inner.config).retry_after_on_429;
+    if let Some(b) = lock(&inner.api_bucket).as_mut()
+        && !b.take()
+    {
+        inner.rejected_429.fetch_add(1, Ordering::Relaxed);
+        let r = with_retry_after(text_error(429, "Too Many Requests"), retry_after);
+        return Err(record(inner, req, r));
+    }
+    Ok((req, q, token))
+}
+
+/// Answers with an injected list fault, or waits it out (`Delay`) and lets the call go on.
+async fn list_fault(
+    inner: &Inner,
+    req: Request,
+    fault: Option<ListFault>,
+) -> Result<Request, Response> {
+    match fault {
+        Some(ListFault::Status(s)) => Err(record(inner, req, json_error(s, "Simulated failure."))),
+        Some(ListFault::RetryAfter(s, secs)) => {
+            // The WAF's 429 is not the JSON envelope.
+            let r = if s == 429 {
+                text_error(429, "Too Many Requests")
+            } else {
+                json_error(s, "Simulated failure.")
+            };
+            Err(record(inner, req, with_retry_after(r, Some(secs))))
+        }
+        Some(ListFault::Body(b)) => {
+            let r = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                b,
+            )
+                .into_response();
+            Err(record(inner, req, r))
+        }
+        Some(ListFault::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            Ok(req)
+        }
+        None => Ok(req),
+    }
+}
+
+/// `limit`: 20 by default, 1 to 100.
+#[allow(clippy::result_large_err)]
+fn parse_limit(q: &[(String, String)]) -> Result<usize, Response> {
+    match param(q, "limit") {
+        None => Ok(20),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(n),
+            _ => Err(json_error(
+                400,
+                "The query parameter `limit` must be 1 to 100.",
+            )),
+        },
+    }
+}
+
 async fn jmafile_list(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let q = parse_query(&raw);
-    let token_text = param(&q, "cursorToken").map(str::to_owned);
-    let parsed_token = token_text.as_deref().map(parse_token);
-    let req = Request {
-        received: Instant::now(),
-        answered: Instant::now(),
-        path: "/v2/jmafile".into(),
-        query: raw.clone().unwrap_or_default(),
-        cursor_kind: parsed_token
-            .as_ref()
-            .and_then(|t| t.as_ref().map(|t| t.kind.clone())),
-        auth: check_auth(&inner, &headers, &q),
-        status: 0,
-        id: None,
-        host: host_of(&headers),
+    let (req, q, parsed_token) = match list_request(&inner, "/v2/jmafile", &headers, &raw) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
-    if !authorized(req.auth) {
-        return record(&inner, req, json_error(401, "Authentication required."));
-    }
     let config = lock(&inner.config).clone();
-    if let Some(b) = lock(&inner.api_bucket).as_mut()
-        && !b.take()
-    {
-        inner.rejected_429.fetch_add(1, Ordering::Relaxed);
-        let r = with_retry_after(
-            text_error(429, "Too Many Requests"),
-            config.retry_after_on_429,
-        );
-        return record(&inner, req, r);
-    }
-    // Injected faults.
     let fault = {
         let mut f = lock(&inner.faults);
         let queued = f.list.pop_front();
@@ -286,43 +355,13 @@ async fn jmafile_list(
             }
         })
     };
-    match fault {
-        Some(ListFault::Status(s)) => {
-            return record(&inner, req, json_error(s, "Simulated failure."));
-        }
-        Some(ListFault::RetryAfter(s, secs)) => {
-            let r = if s == 429 {
-                text_error(429, "Too Many Requests")
-            } else {
-                json_error(s, "Simulated failure.")
-            };
-            return record(&inner, req, with_retry_after(r, Some(secs)));
-        }
-        Some(ListFault::Body(b)) => {
-            let r = (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                b,
-            )
-                .into_response();
-            return record(&inner, req, r);
-        }
-        Some(ListFault::Delay(d)) => tokio::time::sleep(d).await,
-        None => {}
-    }
-
-    let limit: usize = match param(&q, "limit") {
-        None => 20,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => {
-                return record(
-                    &inner,
-                    req,
-                    json_error(400, "The query parameter `limit` must be 1 to 100."),
-                );
-            }
-        },
+    let req = match list_fault(&inner, req, fault).await {
+        Ok(req) => req,
+        Err(resp) => return resp,
+    };
+    let limit = match parse_limit(&q) {
+        Ok(n) => n,
+        Err(resp) => return record(&inner, req, resp),
     };
     let types: Vec<String> = param(&q, "type")
         .map(|t| {
@@ -726,75 +765,19 @@ async fn archive_list(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let q = parse_query(&raw);
-    let token_text = param(&q, "cursorToken").map(str::to_owned);
-    let parsed = token_text.as_deref().map(parse_token);
-    let req = Request {
-        received: Instant::now(),
-        answered: Instant::now(),
-        path: "/v2/archive".into(),
-        query: raw.clone().unwrap_or_default(),
-        cursor_kind: parsed
-            .as_ref()
-            .and_then(|t| t.as_ref().map(|t| t.kind.clone())),
-        auth: check_auth(&inner, &headers, &q),
-        status: 0,
-        id: None,
-        host: host_of(&headers),
+    let (req, q, parsed) = match list_request(&inner, "/v2/archive", &headers, &raw) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
-    if !authorized(req.auth) {
-        return record(&inner, req, json_error(401, "Authentication required."));
-    }
     let config = lock(&inner.config).clone();
-    if let Some(b) = lock(&inner.api_bucket).as_mut()
-        && !b.take()
-    {
-        inner.rejected_429.fetch_add(1, Ordering::Relaxed);
-        return record(
-            &inner,
-            req,
-            with_retry_after(
-                text_error(429, "Too Many Requests"),
-                config.retry_after_on_429,
-            ),
-        );
-    }
     let fault = lock(&inner.faults).archive_list.pop_front();
-    match fault {
-        Some(ListFault::Status(s)) => {
-            return record(&inner, req, json_error(s, "Simulated failure."));
-        }
-        Some(ListFault::RetryAfter(s, secs)) => {
-            return record(
-                &inner,
-                req,
-                with_retry_after(json_error(s, "Simulated failure."), Some(secs)),
-            );
-        }
-        Some(ListFault::Body(b)) => {
-            let r = (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                b,
-            )
-                .into_response();
-            return record(&inner, req, r);
-        }
-        Some(ListFault::Delay(d)) => tokio::time::sleep(d).await,
-        None => {}
-    }
-    let limit: usize = match param(&q, "limit") {
-        None => 20,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => {
-                return record(
-                    &inner,
-                    req,
-                    json_error(400, "The query parameter `limit` must be 1 to 100."),
-                );
-            }
-        },
+    let req = match list_fault(&inner, req, fault).await {
+        Ok(req) => req,
+        Err(resp) => return resp,
+    };
+    let limit = match parse_limit(&q) {
+        Ok(n) => n,
+        Err(resp) => return record(&inner, req, resp),
     };
     let offset = match parsed {
         None => 0usize,
@@ -881,36 +864,13 @@ async fn socket_list(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let q = parse_query(&raw);
-    let parsed = param(&q, "cursorToken").map(parse_token);
-    let req = Request {
-        received: Instant::now(),
-        answered: Instant::now(),
-        path: "/v2/socket".into(),
-        query: raw.clone().unwrap_or_default(),
-        cursor_kind: parsed
-            .as_ref()
-            .and_then(|t| t.as_ref().map(|t| t.kind.clone())),
-        auth: check_auth(&inner, &headers, &q),
-        status: 0,
-        id: None,
-        host: host_of(&headers),
+    let (req, q, parsed) = match list_request(&inner, "/v2/socket", &headers, &raw) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
-    if !authorized(req.auth) {
-        return record(&inner, req, json_error(401, "Authentication required."));
-    }
-    let limit: usize = match param(&q, "limit") {
-        None => 20,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => {
-                return record(
-                    &inner,
-                    req,
-                    json_error(400, "The query parameter `limit` must be 1 to 100."),
-                );
-            }
-        },
+    let limit = match parse_limit(&q) {
+        Ok(n) => n,
+        Err(resp) => return record(&inner, req, resp),
     };
     let offset = match parsed {
         None => 0usize,
