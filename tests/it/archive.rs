@@ -438,13 +438,7 @@ async fn jmafile_items_go_before_archives_when_both_are_queued() {
     assert!(archives_before <= 1, "download order {order:?}");
 }
 
-fn run_backfill(
-    env: &Env,
-    sim: &Sim,
-    extra: &[(&str, &str)],
-    from: &str,
-    to: &str,
-) -> std::process::Child {
+fn run_backfill(env: &Env, sim: &Sim, extra: &[(&str, &str)], from: &str, to: &str) -> Proc {
     let mut envs = env.binary_env(sim);
     envs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     spawn_bin(

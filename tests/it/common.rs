@@ -105,8 +105,34 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jma-poller"))
 }
 
-/// The real binary with `args`, environment `env`, output captured to files in `log_dir`.
-pub fn spawn_bin(args: &[&str], env: &[(String, String)], log: &Path) -> Child {
+/// A child process that is killed if the test lets go of it still running (e.g. a failed
+/// assertion), so no daemon outlives its test.
+pub struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The real binary with `args`, environment `env`, output appended to `log`.
+pub fn spawn_bin(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -121,6 +147,7 @@ pub fn spawn_bin(args: &[&str], env: &[(String, String)], log: &Path) -> Child {
         .stdout(out)
         .stderr(err)
         .spawn()
+        .map(Proc)
         .expect("binary starts")
 }
 
