@@ -84,3 +84,63 @@ CREATE TABLE hooks (
     finished_ms     INTEGER
 ) STRICT;
 CREATE INDEX hooks_queue ON hooks (next_attempt_ms) WHERE state = 'pending';
+
+-- Items and bytes per source and state, kept by triggers in the same transactions as the items
+-- themselves, so `status` costs the same with a million items as with ten.
+CREATE TABLE counts (
+    source   TEXT NOT NULL,
+    state    TEXT NOT NULL,
+    items    INTEGER NOT NULL DEFAULT 0,
+    bytes    INTEGER NOT NULL DEFAULT 0,
+    -- Newest finished_ms among the rows that entered this state (for "last landed").
+    last_ms  INTEGER,
+    PRIMARY KEY (source, state)
+) STRICT, WITHOUT ROWID;
+
+CREATE TRIGGER items_counts_insert AFTER INSERT ON items BEGIN
+    INSERT INTO counts (source, state, items, bytes, last_ms)
+    VALUES (NEW.source, NEW.state, 1, COALESCE(NEW.bytes, 0), NEW.finished_ms)
+    ON CONFLICT (source, state) DO UPDATE SET
+        items = items + 1,
+        bytes = bytes + COALESCE(NEW.bytes, 0),
+        last_ms = MAX(COALESCE(last_ms, 0), COALESCE(NEW.finished_ms, 0));
+END;
+
+CREATE TRIGGER items_counts_update AFTER UPDATE OF state, bytes ON items
+WHEN OLD.state IS NOT NEW.state OR OLD.bytes IS NOT NEW.bytes BEGIN
+    UPDATE counts SET items = items - 1, bytes = bytes - COALESCE(OLD.bytes, 0)
+    WHERE source = OLD.source AND state = OLD.state;
+    INSERT INTO counts (source, state, items, bytes, last_ms)
+    VALUES (NEW.source, NEW.state, 1, COALESCE(NEW.bytes, 0), NEW.finished_ms)
+    ON CONFLICT (source, state) DO UPDATE SET
+        items = items + 1,
+        bytes = bytes + COALESCE(NEW.bytes, 0),
+        last_ms = MAX(COALESCE(last_ms, 0), COALESCE(NEW.finished_ms, 0));
+END;
+
+CREATE TRIGGER items_counts_delete AFTER DELETE ON items BEGIN
+    UPDATE counts SET items = items - 1, bytes = bytes - COALESCE(OLD.bytes, 0)
+    WHERE source = OLD.source AND state = OLD.state;
+END;
+
+-- Hook runs per state, likewise.
+CREATE TABLE hook_counts (
+    state  TEXT PRIMARY KEY NOT NULL,
+    runs   INTEGER NOT NULL DEFAULT 0
+) STRICT, WITHOUT ROWID;
+
+CREATE TRIGGER hooks_counts_insert AFTER INSERT ON hooks BEGIN
+    INSERT INTO hook_counts (state, runs) VALUES (NEW.state, 1)
+    ON CONFLICT (state) DO UPDATE SET runs = runs + 1;
+END;
+
+CREATE TRIGGER hooks_counts_update AFTER UPDATE OF state ON hooks
+WHEN OLD.state IS NOT NEW.state BEGIN
+    UPDATE hook_counts SET runs = runs - 1 WHERE state = OLD.state;
+    INSERT INTO hook_counts (state, runs) VALUES (NEW.state, 1)
+    ON CONFLICT (state) DO UPDATE SET runs = runs + 1;
+END;
+
+CREATE TRIGGER hooks_counts_delete AFTER DELETE ON hooks BEGIN
+    UPDATE hook_counts SET runs = runs - 1 WHERE state = OLD.state;
+END;

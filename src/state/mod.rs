@@ -734,7 +734,7 @@ impl Store {
     /// Items waiting or in flight, per source (cheap: only those rows are read).
     pub async fn queue_depth(&self) -> Result<Vec<(&'static str, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT source, COUNT(*) AS n FROM items WHERE state IN ('pending', 'fetching')
+            "SELECT source, SUM(items) AS n FROM counts WHERE state IN ('pending', 'fetching')
              GROUP BY source",
         )
         .fetch_all(&self.pool)
@@ -752,7 +752,7 @@ impl Store {
     /// Items on disk (for the `files` gauge; read once at start, then counted up).
     pub async fn done_count(&self) -> Result<i64, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM items WHERE state = 'done'")
+            sqlx::query_scalar("SELECT COALESCE(SUM(items), 0) FROM counts WHERE state = 'done'")
                 .fetch_one(&self.pool)
                 .await?,
         )
@@ -872,8 +872,8 @@ impl Store {
         })
         .collect();
         let counts = sqlx::query(
-            "SELECT source, state, COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS b
-             FROM items GROUP BY source, state ORDER BY source, state",
+            "SELECT source, state, items AS n, bytes AS b
+             FROM counts WHERE items > 0 ORDER BY source, state",
         )
         .fetch_all(&self.pool)
         .await?
@@ -895,14 +895,14 @@ impl Store {
         .map(|r| (r.get("classification"), r.get("newest")))
         .collect();
         let hooks =
-            sqlx::query("SELECT state, COUNT(*) AS n FROM hooks GROUP BY state ORDER BY state")
+            sqlx::query("SELECT state, runs AS n FROM hook_counts WHERE runs > 0 ORDER BY state")
                 .fetch_all(&self.pool)
                 .await?
                 .into_iter()
                 .map(|r| (r.get("state"), r.get("n")))
                 .collect();
         let last_landed_ms =
-            sqlx::query_scalar("SELECT MAX(finished_ms) FROM items WHERE state = 'done'")
+            sqlx::query_scalar("SELECT MAX(last_ms) FROM counts WHERE state = 'done'")
                 .fetch_one(&self.pool)
                 .await?;
         let recent_errors = sqlx::query(

@@ -82,14 +82,20 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         "exactly one copy of each file, nothing else"
     );
 
-    // A body is fetched again only when a kill interrupted it: at most one per worker per kill.
+    // A body is fetched again only when a kill interrupted it (at most one per worker per
+    // kill) or when the daemon logged a retry (a slow machine can stall a body past the test's
+    // 3 s read timeout): nothing done is ever fetched again.
     let f = fetches(&sim);
     let total: usize = f.values().sum();
     let workers = 2;
+    let retries = std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("\"event\":\"retry\"")
+        .count();
     assert!(total >= items.len());
     assert!(
-        total <= items.len() + kills * workers,
-        "{total} body requests for {} items and {kills} kills",
+        total <= items.len() + kills * workers + retries,
+        "{total} body requests for {} items, {kills} kills and {retries} logged retries",
         items.len()
     );
 
