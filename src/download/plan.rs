@@ -191,13 +191,13 @@ pub fn plan_archive(
     let classification = safe_component(&item.classification)?;
     let d = item.date;
     let date = format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
+    // A classification may be up to 255 bytes (it is a folder name of its own), so the
+    // tarball's name shortens it to stay within the file system's 255-byte name limit.
     let keep_tarball = keep_tarball.then(|| {
-        format!(
-            "{:04}{:02}{:02}-{classification}.tar.gz",
-            d.year(),
-            u8::from(d.month()),
-            d.day()
-        )
+        let prefix = format!("{:04}{:02}{:02}-", d.year(), u8::from(d.month()), d.day());
+        let suffix = ".tar.gz";
+        let room = NAME_MAX - prefix.len() - suffix.len();
+        format!("{prefix}{}{suffix}", truncate_at_char(classification, room))
     });
     Ok(Planned {
         plan: Plan {
@@ -212,6 +212,18 @@ pub fn plan_archive(
     })
 }
 
+/// Longest file name (one path component) Linux file systems accept, in bytes.
+const NAME_MAX: usize = 255;
+
+/// The longest prefix of `s` that fits in `max` bytes without splitting a character.
+fn truncate_at_char(s: &str, max: usize) -> &str {
+    let mut keep = s.len().min(max);
+    while !s.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    &s[..keep]
+}
+
 /// `name` made unique for item `id` when another item already owns the path: the id's first
 /// alphanumerics go before the extension (`a.bin` → `a.~Xy12AbCd.bin`).
 pub fn disambiguate(rel_path: &str, id: &str) -> String {
@@ -221,20 +233,28 @@ pub fn disambiguate(rel_path: &str, id: &str) -> String {
         .take(10)
         .collect();
     let (dir, leaf) = rel_path.rsplit_once('/').unwrap_or(("", rel_path));
+    let suffix = format!(".~{tag}");
+    // The tag goes before the extension, unless the extension alone leaves no room for a
+    // stem within the 255-byte name limit: then the whole leaf is the stem.
     let (stem, ext) = match leaf.split_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => (stem, Some(ext)),
+        Some((stem, ext)) if !stem.is_empty() && suffix.len() + ext.len() + 2 <= NAME_MAX => {
+            (stem, Some(ext))
+        }
         _ => (leaf, None),
     };
-    // Keep the result within the 255-byte name limit: shorten the stem, never the tag.
-    let extra = tag.len() + 2 + ext.map_or(0, |e| e.len() + 1);
-    let mut keep = stem.len().min(255usize.saturating_sub(extra));
-    while !stem.is_char_boundary(keep) {
-        keep -= 1;
-    }
-    let stem = &stem[..keep];
-    let new_leaf = match ext {
-        Some(ext) => format!("{stem}.~{tag}.{ext}"),
-        None => format!("{stem}.~{tag}"),
+    // Shorten the stem, never the tag. A leaf that already ends in this very tag could come
+    // out unchanged when cut to fit, so cut one more character then.
+    let room = NAME_MAX - suffix.len() - ext.map_or(0, |e| e.len() + 1);
+    let mut stem = truncate_at_char(stem, room);
+    let new_leaf = loop {
+        let candidate = match ext {
+            Some(ext) => format!("{stem}{suffix}.{ext}"),
+            None => format!("{stem}{suffix}"),
+        };
+        if candidate != leaf || stem.is_empty() {
+            break candidate;
+        }
+        stem = truncate_at_char(stem, stem.len() - 1);
     };
     if dir.is_empty() {
         new_leaf
@@ -399,5 +419,30 @@ mod tests {
             "d/a.~Xy12AbCdEf.bin"
         );
         assert_eq!(disambiguate("d/folder", "q"), "d/folder.~q");
+    }
+
+    #[test]
+    fn a_kept_tarball_name_stays_within_the_name_limit() {
+        let item = |classification: String| ArchiveItem {
+            id: "a1".into(),
+            serial: None,
+            classification,
+            date: time::macros::date!(2024 - 05 - 25),
+            data_count: None,
+            file_size: 1,
+            url: URL.into(),
+        };
+        let name =
+            |item: &ArchiveItem| match plan_archive(item, &trusted(), true).unwrap().plan.layout {
+                Layout::Archive { keep_tarball, .. } => keep_tarball.unwrap(),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(
+            name(&item("telegram.earthquake".into())),
+            "20240525-telegram.earthquake.tar.gz"
+        );
+        let long = name(&item("気".repeat(85)));
+        assert!(long.len() <= 255, "{} bytes", long.len());
+        assert!(long.starts_with("20240525-気") && long.ends_with("気.tar.gz"));
     }
 }
