@@ -11,6 +11,7 @@
 //! data, 2000 per 10 minutes on lists); serials as strings.
 
 pub mod archive;
+pub mod bench;
 pub mod data;
 mod routes;
 
