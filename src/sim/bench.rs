@@ -10,10 +10,9 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use bytes::Bytes;
-use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::data::{ExpectedFile, Kind, SimItem, id_of, rfc3339};
+use super::data::{ExpectedFile, Kind, SimItem, header, id_of, rel, stamp14};
 use super::{Sim, lock};
 
 /// A prebuilt body: what the simulator serves, and the decompressed length of each file in it.
@@ -127,40 +126,6 @@ pub fn load_or_build(path: &Path, kind: Kind, child_size: u64, seed: u64) -> io:
     Ok(built)
 }
 
-fn stamp14(t: OffsetDateTime) -> String {
-    format!(
-        "{:04}{:02}{:02}{:02}{:02}{:02}",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
-fn header(t: OffsetDateTime, format: &str, length: u64, filename: &str, type_name: &str) -> Value {
-    json!({
-        "time": rfc3339(t),
-        "flags": {"product": "Z", "oflag": "C"},
-        "author": "RJTD",
-        "format": format,
-        "length": length,
-        "values": type_name.split('_').collect::<Vec<_>>(),
-        "filename": filename,
-    })
-}
-
-fn rel(classification: &str, received: OffsetDateTime, leaf: &str) -> String {
-    let d = received.to_offset(time::UtcOffset::UTC).date();
-    format!(
-        "jmafile/{classification}/{:04}-{:02}-{:02}/{leaf}",
-        d.year(),
-        u8::from(d.month()),
-        d.day()
-    )
-}
-
 impl Sim {
     /// Adds an item serving `large`'s body (shared, not copied), received now, named like
     /// [`Sim::add`]'s items of the same kind. Its `expected` files have paths and no bytes.
@@ -187,12 +152,18 @@ impl Sim {
                     })
                     .collect();
                 let parent = format!("{base}_shape.{}", if gz { "tar.gz" } else { "tar" });
-                let mut headers =
-                    vec![header(nominal, "concat", large.total(), &parent, type_name)];
+                let mut headers = vec![header(
+                    nominal,
+                    "concat",
+                    large.total(),
+                    &parent,
+                    type_name,
+                    false,
+                )];
                 let mut expected = Vec::new();
                 for (name, len) in names.iter().zip(&large.lengths) {
                     let ext = name.rsplit('.').next().unwrap_or("bin");
-                    headers.push(header(nominal, ext, *len, name, type_name));
+                    headers.push(header(nominal, ext, *len, name, type_name, false));
                     expected.push(ExpectedFile {
                         rel_path: format!(
                             "{}/{name}",
@@ -216,6 +187,7 @@ impl Sim {
                     large.body.len() as u64,
                     &filename,
                     type_name,
+                    false,
                 )];
                 let expected = vec![ExpectedFile {
                     rel_path: rel(classification, received, &leaf),

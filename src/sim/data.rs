@@ -138,7 +138,7 @@ pub fn id_of(body: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha512::digest(body))
 }
 
-fn stamp14(t: OffsetDateTime) -> String {
+pub(super) fn stamp14(t: OffsetDateTime) -> String {
     format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}",
         t.year(),
@@ -150,7 +150,7 @@ fn stamp14(t: OffsetDateTime) -> String {
     )
 }
 
-fn header(
+pub(super) fn header(
     t: OffsetDateTime,
     format: &str,
     length: u64,
@@ -189,7 +189,7 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// Layout the daemon promises: `jmafile/{classification}/{UTC date}/{name}`.
-fn rel(classification: &str, received: OffsetDateTime, leaf: &str) -> String {
+pub(super) fn rel(classification: &str, received: OffsetDateTime, leaf: &str) -> String {
     let d = received.to_offset(time::UtcOffset::UTC).date();
     format!(
         "jmafile/{classification}/{:04}-{:02}-{:02}/{leaf}",
