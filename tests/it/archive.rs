@@ -1,7 +1,6 @@
 //! Daily archives: listing and paging, safe unpacking, retries, kill -9 mid-unpack, the
 //! `backfill` command, and jmafile going first.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jma_poller::poll::archive::jst_today;
@@ -381,10 +380,7 @@ async fn kill_9_during_unpacking_leaves_a_complete_day_after_restart() {
         if tmp_leftovers(&env.data_dir).len() > 10 {
             killed_mid_unpack += 1;
         }
-        Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status()
-            .unwrap();
+        signal(&child, "-KILL");
         child.wait().unwrap();
         if archive_dir(&env, &archive).exists() {
             break;
@@ -395,10 +391,7 @@ async fn kill_9_during_unpacking_leaves_a_complete_day_after_restart() {
         archives_landed(&env, std::slice::from_ref(&archive))
     })
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert_archive_exact(&env, &archive);
     assert!(tmp_leftovers(&env.data_dir).is_empty());
@@ -489,10 +482,7 @@ async fn backfill_resumes_after_interruption_and_agrees_with_the_daemon() {
             >= 2
     })
     .await;
-    Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "-INT");
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(env.root.path().join("backfill.log")).unwrap();
     assert_eq!(status.code(), Some(130), "{log}");

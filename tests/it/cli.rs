@@ -196,10 +196,7 @@ async fn sigterm_stops_within_seconds_with_a_download_in_flight_and_leaves_no_te
     );
 
     let sent = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "-TERM");
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;

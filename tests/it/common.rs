@@ -236,3 +236,11 @@ pub fn files_under(dir: &Path) -> Vec<String> {
 pub fn tmp_leftovers(data_dir: &Path) -> Vec<String> {
     files_under(&data_dir.join(".tmp"))
 }
+
+/// Sends `sig` (as `kill` spells it: "-TERM", "-KILL", …) to a spawned daemon.
+pub fn signal(child: &Child, sig: &str) {
+    Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+}

@@ -44,10 +44,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
             items.push(sim.add(spec(&mut rng)));
         }
         tokio::time::sleep(Duration::from_millis(rng.u64(100..1200))).await;
-        Command::new("kill")
-            .args(["-KILL", &child.id().to_string()])
-            .status()
-            .unwrap();
+        signal(&child, "-KILL");
         let status = child.wait().unwrap();
         assert!(status.code().is_none(), "round {round}: killed by signal");
     }
@@ -60,10 +57,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         || async { all_landed(&env.data_dir, &items) },
     )
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 
     assert_all_landed(&env.data_dir, &items);

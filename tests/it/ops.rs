@@ -67,10 +67,7 @@ async fn systemd_notify_ready_status_watchdog_and_stopping_arrive_on_a_real_sock
             );
         }
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "-TERM");
     let status = child.wait().unwrap();
     while let Ok(n) = sock.recv(&mut buf) {
         seen.extend(
@@ -348,10 +345,7 @@ async fn the_low_disk_guard_pauses_and_resumes_without_loss() {
         || async { all_landed(&env.data_dir, &items) },
     )
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("downloads resume"), "{text}");
@@ -502,10 +496,7 @@ async fn under_journald_lines_carry_syslog_priorities() {
         all_landed(&env.data_dir, &items)
     })
     .await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "-TERM");
     child.wait().unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.lines().all(|l| l.starts_with('<')), "{text}");

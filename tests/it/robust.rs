@@ -11,13 +11,6 @@ use sqlx::Connection;
 
 use crate::common::*;
 
-fn kill(child: &std::process::Child, signal: &str) {
-    Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_under_all_faults_with_kill_9_every_few_seconds() {
     let sim = sim(100).await;
@@ -136,7 +129,7 @@ async fn soak_under_all_faults_with_kill_9_every_few_seconds() {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        kill(&child, "-KILL");
+        signal(&child, "-KILL");
         child.wait().unwrap();
     }
     sim.faults().random = None;
@@ -167,7 +160,7 @@ async fn soak_under_all_faults_with_kill_9_every_few_seconds() {
         },
     )
     .await;
-    kill(&child, "-TERM");
+    signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 
     // Every good item exactly once with the right bytes; nothing else on disk. On failure,
@@ -352,7 +345,7 @@ async fn a_full_disk_pauses_downloads_and_everything_lands_once_space_is_freed()
         || async { all_landed(&env.data_dir, &items) },
     )
     .await;
-    kill(&child, "-TERM");
+    signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(tmp_leftovers(&env.data_dir).is_empty());
     let text = std::fs::read_to_string(&log).unwrap();
@@ -547,7 +540,7 @@ async fn a_read_only_data_dir_fails_clearly_at_start_and_pauses_downloads_mid_ru
         all_landed(&env.data_dir, &later)
     })
     .await;
-    kill(&child, "-TERM");
+    signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
@@ -666,7 +659,7 @@ async fn a_hanging_list_call_blocks_neither_downloads_nor_shutdown() {
         "the second list call is still hanging (only answered calls are logged)"
     );
     let sent = Instant::now();
-    kill(&child, "-TERM");
+    signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(
         sent.elapsed() < Duration::from_secs(3),
