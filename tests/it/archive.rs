@@ -380,8 +380,7 @@ async fn kill_9_during_unpacking_leaves_a_complete_day_after_restart() {
         if tmp_leftovers(&env.data_dir).len() > 10 {
             killed_mid_unpack += 1;
         }
-        signal(&child, "-KILL");
-        child.wait().unwrap();
+        child.kill9();
         if archive_dir(&env, &archive).exists() {
             break;
         }
@@ -391,8 +390,7 @@ async fn kill_9_during_unpacking_leaves_a_complete_day_after_restart() {
         archives_landed(&env, std::slice::from_ref(&archive))
     })
     .await;
-    signal(&child, "-TERM");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
     assert_archive_exact(&env, &archive);
     assert!(tmp_leftovers(&env.data_dir).is_empty());
     assert!(
@@ -482,8 +480,7 @@ async fn backfill_resumes_after_interruption_and_agrees_with_the_daemon() {
             >= 2
     })
     .await;
-    signal(&child, "-INT");
-    let status = child.wait().unwrap();
+    let status = child.stop("-INT", STOP_LIMIT).await;
     let log = std::fs::read_to_string(env.root.path().join("backfill.log")).unwrap();
     assert_eq!(status.code(), Some(130), "{log}");
     assert!(
@@ -503,9 +500,9 @@ async fn backfill_resumes_after_interruption_and_agrees_with_the_daemon() {
     let daemon = Daemon::start(settings);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut child = run_backfill(&env, &sim, &[], &from, &to);
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let status = child
+        .exit_within(Duration::from_secs(120), "starting the backfill")
+        .await;
     let log = std::fs::read_to_string(env.root.path().join("backfill.log")).unwrap();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(

@@ -37,13 +37,19 @@ pub async fn sim(interval_ms: u64) -> Sim {
 pub struct Env {
     pub root: tempfile::TempDir,
     pub data_dir: PathBuf,
+    _watchdog: Watchdog,
 }
 
 impl Env {
     pub fn new() -> Env {
         let root = tempfile::tempdir().unwrap();
         let data_dir = root.path().join("data");
-        Env { root, data_dir }
+        let watchdog = Watchdog::arm(root.path().to_owned());
+        Env {
+            root,
+            data_dir,
+            _watchdog: watchdog,
+        }
     }
 
     pub fn settings(&self, sim: &Sim) -> Settings {
@@ -78,6 +84,114 @@ impl Env {
     }
 }
 
+/// Ends the whole test run, loudly, if one test is still going long after any test should
+/// have finished: a hang must fail CI in minutes with a clue, not use up its time limit in
+/// silence. Every integration test makes an [`Env`], which arms one of these; dropping the
+/// `Env` disarms it. On expiry it writes (straight to stderr, past the test harness's output
+/// capture) the test's name, every thread's stack of this process and of its children (when
+/// gdb is installed), and the end of each log in the test's folder, then aborts.
+struct Watchdog {
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    /// `JMA_TEST_WATCHDOG` (seconds) overrides the limit; 0 turns it off.
+    fn arm(root: PathBuf) -> Watchdog {
+        let secs: u64 = std::env::var("JMA_TEST_WATCHDOG")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        if secs == 0 {
+            return Watchdog { disarm: Some(tx) };
+        }
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unnamed test")
+            .to_owned();
+        std::thread::spawn(move || {
+            // Disarmed (a message) or dropped (the sender gone) both end the watch.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(Duration::from_secs(secs))
+            {
+                // Daemons this test started would outlive the abort: end them first.
+                for pid in report_hang(&test, secs, &root) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
+                }
+                std::process::abort();
+            }
+        });
+        Watchdog { disarm: Some(tx) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.disarm.take());
+    }
+}
+
+/// Writes the report; returns the pids of this process's children.
+fn report_hang(test: &str, secs: u64, root: &Path) -> Vec<u32> {
+    use std::io::Write;
+    let mut out = format!(
+        "\n\n=== WATCHDOG: test {test} still running after {secs} s; aborting the test run ===\n"
+    );
+    let me = std::process::id();
+    let mut pids = vec![me];
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{me}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                pids.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    for &pid in &pids {
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .replace('\0', " ");
+        out.push_str(&format!("\n--- stacks of {pid}: {cmdline}\n"));
+        match Command::new("gdb")
+            .args([
+                "-p",
+                &pid.to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(o) => out.push_str(&String::from_utf8_lossy(&o.stdout)),
+            Err(e) => out.push_str(&format!("(no stacks: gdb: {e})\n")),
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                out.push_str(&format!(
+                    "\n--- last lines of {}\n{}\n",
+                    path.display(),
+                    tail.join("\n")
+                ));
+            }
+        }
+    }
+    let _ = std::io::stderr().write_all(out.as_bytes());
+    pids.retain(|&p| p != me);
+    pids
+}
+
 /// The daemon running in this process.
 pub struct Daemon {
     pub cancel: CancellationToken,
@@ -105,29 +219,77 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jma-poller"))
 }
 
+/// How long a daemon may take to stop after SIGTERM or SIGINT in a test: its own grace for
+/// work in flight is 8 s; the rest is room for a loaded CI machine.
+pub const STOP_LIMIT: Duration = Duration::from_secs(20);
+
 /// A child process that is killed if the test lets go of it still running (e.g. a failed
 /// assertion), so no daemon outlives its test.
-pub struct Proc(Child);
+pub struct Proc {
+    child: Child,
+    /// Where its stdout and stderr go: quoted when it does not exit in time.
+    log: PathBuf,
+}
 
 impl std::ops::Deref for Proc {
     type Target = Child;
     fn deref(&self) -> &Child {
-        &self.0
+        &self.child
     }
 }
 
 impl std::ops::DerefMut for Proc {
     fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
+        &mut self.child
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
+    }
+}
+
+impl Proc {
+    /// Sends `sig` and waits for the exit, for at most `limit`. A process still running then
+    /// is a failure of the test (the daemon promises to stop within seconds), not a reason to
+    /// wait forever: it is killed and the test panics with the end of its log. Waiting by
+    /// polling keeps the test's runtime, and so the simulator, serving meanwhile.
+    pub async fn stop(&mut self, sig: &str, limit: Duration) -> std::process::ExitStatus {
+        signal(&self.child, sig);
+        self.exit_within(limit, sig).await
+    }
+
+    /// Waits for a process that ends by itself (a one-shot command), for at most `limit`.
+    pub async fn exit_within(&mut self, limit: Duration, what: &str) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the child") {
+                return status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "process {} still running {limit:?} after {what}; killed. Last log lines:\n{}",
+                    self.child.id(),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, then the exit status (the kernel ends a killed process without its help).
+    pub fn kill9(&mut self) -> std::process::ExitStatus {
+        signal(&self.child, "-KILL");
+        self.child.wait().expect("wait for the killed child")
     }
 }
 
@@ -147,7 +309,10 @@ pub fn spawn_bin(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map(Proc)
+        .map(|child| Proc {
+            child,
+            log: log.to_owned(),
+        })
         .expect("binary starts")
 }
 

@@ -44,8 +44,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
             items.push(sim.add(spec(&mut rng)));
         }
         tokio::time::sleep(Duration::from_millis(rng.u64(100..1200))).await;
-        signal(&child, "-KILL");
-        let status = child.wait().unwrap();
+        let status = child.kill9();
         assert!(status.code().is_none(), "round {round}: killed by signal");
     }
 
@@ -57,8 +56,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         || async { all_landed(&env.data_dir, &items) },
     )
     .await;
-    signal(&child, "-TERM");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
 
     assert_all_landed(&env.data_dir, &items);
     assert!(

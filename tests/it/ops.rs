@@ -67,8 +67,7 @@ async fn systemd_notify_ready_status_watchdog_and_stopping_arrive_on_a_real_sock
             );
         }
     }
-    signal(&child, "-TERM");
-    let status = child.wait().unwrap();
+    let status = child.stop("-TERM", STOP_LIMIT).await;
     while let Ok(n) = sock.recv(&mut buf) {
         seen.extend(
             String::from_utf8_lossy(&buf[..n])
@@ -345,8 +344,7 @@ async fn the_low_disk_guard_pauses_and_resumes_without_loss() {
         || async { all_landed(&env.data_dir, &items) },
     )
     .await;
-    signal(&child, "-TERM");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("downloads resume"), "{text}");
     assert!(fetches(&sim).values().all(|n| *n == 1));
@@ -496,8 +494,7 @@ async fn under_journald_lines_carry_syslog_priorities() {
         all_landed(&env.data_dir, &items)
     })
     .await;
-    signal(&child, "-TERM");
-    child.wait().unwrap();
+    child.stop("-TERM", STOP_LIMIT).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.lines().all(|l| l.starts_with('<')), "{text}");
     assert!(

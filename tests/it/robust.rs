@@ -129,8 +129,7 @@ async fn soak_under_all_faults_with_kill_9_every_few_seconds() {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        signal(&child, "-KILL");
-        child.wait().unwrap();
+        child.kill9();
     }
     sim.faults().random = None;
 
@@ -160,8 +159,7 @@ async fn soak_under_all_faults_with_kill_9_every_few_seconds() {
         },
     )
     .await;
-    signal(&child, "-TERM");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
 
     // Every good item exactly once with the right bytes; nothing else on disk. On failure,
     // say what the database and the disk hold for each offending item.
@@ -345,8 +343,7 @@ async fn a_full_disk_pauses_downloads_and_everything_lands_once_space_is_freed()
         || async { all_landed(&env.data_dir, &items) },
     )
     .await;
-    signal(&child, "-TERM");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
     assert!(tmp_leftovers(&env.data_dir).is_empty());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("downloads resume"), "{text}");
@@ -540,8 +537,7 @@ async fn a_read_only_data_dir_fails_clearly_at_start_and_pauses_downloads_mid_ru
         all_landed(&env.data_dir, &later)
     })
     .await;
-    signal(&child, "-TERM");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         text.matches("\"event\":\"downloads_paused\"").count(),
@@ -659,8 +655,7 @@ async fn a_hanging_list_call_blocks_neither_downloads_nor_shutdown() {
         "the second list call is still hanging (only answered calls are logged)"
     );
     let sent = Instant::now();
-    signal(&child, "-TERM");
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
     assert!(
         sent.elapsed() < Duration::from_secs(3),
         "shutdown took {:?}",
