@@ -245,6 +245,20 @@ pub struct HookJob {
     pub path: String,
 }
 
+/// A pool that never reaps its connections. With `idle_timeout` or `max_lifetime` set (sqlx
+/// sets both by default) the pool runs a maintenance task, and in sqlx 0.9.0 that task can read
+/// a transiently underflowed idle count (usize::MAX) and spin on a runtime worker forever
+/// without yielding (launchbadge/sqlx#3645, fixed upstream by #4289 after 0.9.0): 100 % of a
+/// core, and a process that never finishes shutting down. Our test suite hit it (a test that
+/// opens thousands of short-lived pools hung CI). Reaping buys nothing for a local SQLite
+/// file, so without the timeouts the task is never started.
+fn pool_options(max_connections: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .idle_timeout(None)
+        .max_lifetime(None)
+}
+
 impl Store {
     /// Opens (creating if needed) the database and brings the schema up to date.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
@@ -263,8 +277,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+        let pool = pool_options(4)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {
@@ -319,8 +332,7 @@ impl Store {
             .filename(path)
             .read_only(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
+        let pool = pool_options(1)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Open {
@@ -1088,4 +1100,29 @@ fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Claimed, StoreError
         throttles: row.get::<i64, _>("throttles").max(0) as u32,
         id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No pool of ours starts sqlx's maintenance task (see [`pool_options`]): once the stores
+    /// are open and have answered, the runtime holds no task of theirs.
+    #[tokio::test]
+    async fn stores_leave_no_pool_maintenance_task_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        let store = Store::open(&path).await.unwrap();
+        store.status().await.unwrap();
+        let reader = Store::open_read_only(&path).await.unwrap();
+        reader.status().await.unwrap();
+        // Connections go back to their pool through short tasks of their own; let them end.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        assert_eq!(tasks, 0, "tasks alive beside two open stores");
+        reader.close().await;
+        store.close().await;
+    }
 }
