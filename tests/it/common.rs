@@ -114,8 +114,9 @@ impl Watchdog {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 rx.recv_timeout(Duration::from_secs(secs))
             {
+                report_hang(&test, secs, &root);
                 // Daemons this test started would outlive the abort: end them first.
-                for pid in report_hang(&test, secs, &root) {
+                for pid in children() {
                     let _ = Command::new("kill")
                         .args(["-KILL", &pid.to_string()])
                         .status();
@@ -133,25 +134,29 @@ impl Drop for Watchdog {
     }
 }
 
-/// Writes the report; returns the pids of this process's children.
-fn report_hang(test: &str, secs: u64, root: &Path) -> Vec<u32> {
-    use std::io::Write;
-    let mut out = format!(
-        "\n\n=== WATCHDOG: test {test} still running after {secs} s; aborting the test run ===\n"
-    );
-    let me = std::process::id();
-    let mut pids = vec![me];
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{me}/task")) {
+/// The pids of this process's children (the daemons its tests started).
+fn children() -> Vec<u32> {
+    let mut pids = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", std::process::id())) {
         for task in tasks.flatten() {
-            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
                 pids.extend(
-                    children
-                        .split_whitespace()
+                    list.split_whitespace()
                         .filter_map(|p| p.parse::<u32>().ok()),
                 );
             }
         }
     }
+    pids
+}
+
+fn report_hang(test: &str, secs: u64, root: &Path) {
+    use std::io::Write;
+    let mut out = format!(
+        "\n\n=== WATCHDOG: test {test} still running after {secs} s; aborting the test run ===\n"
+    );
+    let mut pids = vec![std::process::id()];
+    pids.extend(children());
     for &pid in &pids {
         let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
             .unwrap_or_default()
@@ -188,8 +193,6 @@ fn report_hang(test: &str, secs: u64, root: &Path) -> Vec<u32> {
         }
     }
     let _ = std::io::stderr().write_all(out.as_bytes());
-    pids.retain(|&p| p != me);
-    pids
 }
 
 /// The daemon running in this process.
