@@ -71,15 +71,33 @@ async fn pull_requests_are_never_closer_than_next_pooling_interval_even_across_r
     let sim = sim(400).await;
     let env = Env::new();
     sim.add(ItemSpec::default());
+    // Each phase lasts until it has seen its polls (counting, not sleeping a fixed time, so
+    // a slow machine only makes it longer).
+    let pulls_seen = || sim.requests().iter().filter(|r| r.is_pull()).count();
     let daemon = Daemon::start(env.settings(&sim));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_until(Duration::from_secs(30), "3 polls at 400 ms", || async {
+        pulls_seen() >= 3
+    })
+    .await;
     sim.config().pooling_interval_ms = 900;
     let changed = Instant::now();
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let before = pulls_seen();
+    wait_until(
+        Duration::from_secs(30),
+        "4 polls after the change",
+        || async { pulls_seen() >= before + 4 },
+    )
+    .await;
     daemon.stop().await;
     // Restart at once: the stored interval still applies to the first poll.
     let daemon = Daemon::start(env.settings(&sim));
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let before = pulls_seen();
+    wait_until(
+        Duration::from_secs(30),
+        "2 polls after the restart",
+        || async { pulls_seen() >= before + 2 },
+    )
+    .await;
     daemon.stop().await;
 
     let pulls: Vec<_> = sim.requests().into_iter().filter(|r| r.is_pull()).collect();
