@@ -91,7 +91,8 @@ impl Env {
 /// capture) the test's name, every thread's stack of this process and of its children (when
 /// gdb is installed), and the end of each log in the test's folder, then aborts.
 struct Watchdog {
-    disarm: Option<std::sync::mpsc::Sender<()>>,
+    /// Dropped with the `Env`, which ends the watch.
+    _disarm: std::sync::mpsc::Sender<()>,
 }
 
 impl Watchdog {
@@ -103,14 +104,14 @@ impl Watchdog {
             .unwrap_or(600);
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         if secs == 0 {
-            return Watchdog { disarm: Some(tx) };
+            return Watchdog { _disarm: tx };
         }
         let test = std::thread::current()
             .name()
             .unwrap_or("unnamed test")
             .to_owned();
         std::thread::spawn(move || {
-            // Disarmed (a message) or dropped (the sender gone) both end the watch.
+            // The sender dropped (the test ended) ends the watch.
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 rx.recv_timeout(Duration::from_secs(secs))
             {
@@ -124,13 +125,7 @@ impl Watchdog {
                 std::process::abort();
             }
         });
-        Watchdog { disarm: Some(tx) }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.disarm.take());
+        Watchdog { _disarm: tx }
     }
 }
 
@@ -181,18 +176,22 @@ fn report_hang(test: &str, secs: u64, root: &Path) {
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "log") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(40)..];
                 out.push_str(&format!(
                     "\n--- last lines of {}\n{}\n",
                     path.display(),
-                    tail.join("\n")
+                    log_tail(&path, 40)
                 ));
             }
         }
     }
     let _ = std::io::stderr().write_all(out.as_bytes());
+}
+
+/// The last `n` lines of a log file (empty if it cannot be read).
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The daemon running in this process.
@@ -276,13 +275,10 @@ impl Proc {
             if start.elapsed() > limit {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
                 panic!(
                     "process {} still running {limit:?} after {what}; killed. Last log lines:\n{}",
                     self.child.id(),
-                    tail.join("\n")
+                    log_tail(&self.log, 40)
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
