@@ -74,30 +74,22 @@ async fn pull_requests_are_never_closer_than_next_pooling_interval_even_across_r
     // Each phase lasts until it has seen its polls (counting, not sleeping a fixed time, so
     // a slow machine only makes it longer).
     let pulls_seen = || sim.requests().iter().filter(|r| r.is_pull()).count();
+    let more_polls = async |n: usize, what: &str| {
+        let before = pulls_seen();
+        wait_until(Duration::from_secs(30), what, || async {
+            pulls_seen() >= before + n
+        })
+        .await;
+    };
     let daemon = Daemon::start(env.settings(&sim));
-    wait_until(Duration::from_secs(30), "3 polls at 400 ms", || async {
-        pulls_seen() >= 3
-    })
-    .await;
+    more_polls(3, "3 polls at 400 ms").await;
     sim.config().pooling_interval_ms = 900;
     let changed = Instant::now();
-    let before = pulls_seen();
-    wait_until(
-        Duration::from_secs(30),
-        "4 polls after the change",
-        || async { pulls_seen() >= before + 4 },
-    )
-    .await;
+    more_polls(4, "4 polls after the change").await;
     daemon.stop().await;
     // Restart at once: the stored interval still applies to the first poll.
     let daemon = Daemon::start(env.settings(&sim));
-    let before = pulls_seen();
-    wait_until(
-        Duration::from_secs(30),
-        "2 polls after the restart",
-        || async { pulls_seen() >= before + 2 },
-    )
-    .await;
+    more_polls(2, "2 polls after the restart").await;
     daemon.stop().await;
 
     let pulls: Vec<_> = sim.requests().into_iter().filter(|r| r.is_pull()).collect();
