@@ -471,19 +471,23 @@ async fn sockets(
         return Ok(());
     }
     println!(
-        "{:<8} {:<8} {:<20} {:<24} {:<24} {:<15} classifications",
-        "id", "status", "app", "start", "last ping", "ip"
+        "{:<8} {:<8} {:<20} {:<24} {:<24} {:<24} {:<15} {:<14} {:<24} classifications",
+        "id", "status", "app", "start", "end", "last ping", "ip", "server", "types"
     );
     for raw in raw_items {
         match serde_json::from_value::<crate::api::models::SocketItem>(raw.clone()) {
             Ok(s) => println!(
-                "{:<8} {:<8} {:<20} {:<24} {:<24} {:<15} {}",
+                "{:<8} {:<8} {:<20} {:<24} {:<24} {:<24} {:<15} {:<14} {:<24} {}",
                 s.id,
                 s.status,
                 s.app_name.as_deref().unwrap_or("-"),
                 s.start.as_deref().unwrap_or("-"),
+                s.end.as_deref().unwrap_or("-"),
                 s.ping.as_deref().unwrap_or("-"),
                 s.ip_address.as_deref().unwrap_or("-"),
+                s.server.as_deref().unwrap_or("-"),
+                // null = every type of the classifications
+                s.types.as_ref().map_or("all".to_owned(), |t| t.join(",")),
                 s.classifications.join(",")
             ),
             Err(e) => println!(

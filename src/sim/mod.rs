@@ -395,6 +395,14 @@ impl Sim {
         id
     }
 
+    /// Limits a socket from [`Sim::add_socket`] to these data types (`types` null = all).
+    pub fn set_socket_types(&self, id: u64, types: &[&str]) {
+        let mut w = lock(&self.inner.world);
+        if let Some(s) = w.sockets.iter_mut().find(|s| s["id"] == id) {
+            s["types"] = serde_json::json!(types);
+        }
+    }
+
     pub fn archives(&self) -> Vec<SimArchive> {
         lock(&self.inner.world).archives.clone()
     }
