@@ -202,6 +202,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::CheckConfig => {
             let settings = load(&cli.config)?;
             settings.api_key().map_err(|e| Failure::from((2, e)))?;
+            crate::api::tls::ca_file_roots(&settings).map_err(|e| Failure::from((2, e)))?;
+            crate::api::tls::check_ssl_cert_file().map_err(|e| Failure::from((2, e)))?;
             print!("{}", settings.to_toml());
             eprintln!("configuration is valid");
             Ok(())
@@ -345,8 +347,14 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 )));
             }
             let key = settings.api_key().map_err(|e| Failure::from((2, e)))?;
-            let client =
-                crate::api::Client::new(&settings, key).map_err(|e| Failure::from((1, e)))?;
+            let client = crate::api::Client::new(&settings, key).map_err(|e| {
+                let code = if matches!(e, crate::api::ClientError::Config(_)) {
+                    2
+                } else {
+                    1
+                };
+                Failure::from((code, e))
+            })?;
             sockets(&client, status.as_deref(), json).await
         }
         Command::Healthcheck => {
