@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::api::{ApiError, Client};
+use crate::api::{ApiError, Client, ClientError};
 use crate::config::{ConfigError, Secret, Settings};
 use crate::download::Downloader;
 use crate::health::Health;
@@ -64,7 +64,10 @@ pub async fn client(
     key: Secret,
     store: &Store,
 ) -> Result<Arc<Client>, RunError> {
-    let client = Client::new(settings, key).map_err(RunError::Client)?;
+    let client = Client::new(settings, key).map_err(|e| match e {
+        ClientError::Config(e) => RunError::Config(e),
+        ClientError::Build(_) => RunError::Client(e.to_string()),
+    })?;
     let window = settings.limits.data_window;
     let now = now_ms();
     let recent = store

@@ -202,6 +202,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::CheckConfig => {
             let settings = load(&cli.config)?;
             settings.api_key().map_err(|e| Failure::from((2, e)))?;
+            crate::api::tls::ca_file_roots(&settings).map_err(|e| Failure::from((2, e)))?;
+            crate::api::tls::check_ssl_cert_file().map_err(|e| Failure::from((2, e)))?;
             print!("{}", settings.to_toml());
             eprintln!("configuration is valid");
             Ok(())
@@ -345,8 +347,14 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 )));
             }
             let key = settings.api_key().map_err(|e| Failure::from((2, e)))?;
-            let client =
-                crate::api::Client::new(&settings, key).map_err(|e| Failure::from((1, e)))?;
+            let client = crate::api::Client::new(&settings, key).map_err(|e| {
+                let code = if matches!(e, crate::api::ClientError::Config(_)) {
+                    2
+                } else {
+                    1
+                };
+                Failure::from((code, e))
+            })?;
             sockets(&client, status.as_deref(), json).await
         }
         Command::Healthcheck => {
@@ -471,19 +479,23 @@ async fn sockets(
         return Ok(());
     }
     println!(
-        "{:<8} {:<8} {:<20} {:<24} {:<24} {:<15} classifications",
-        "id", "status", "app", "start", "last ping", "ip"
+        "{:<8} {:<8} {:<20} {:<24} {:<24} {:<24} {:<15} {:<14} {:<24} classifications",
+        "id", "status", "app", "start", "end", "last ping", "ip", "server", "types"
     );
     for raw in raw_items {
         match serde_json::from_value::<crate::api::models::SocketItem>(raw.clone()) {
             Ok(s) => println!(
-                "{:<8} {:<8} {:<20} {:<24} {:<24} {:<15} {}",
+                "{:<8} {:<8} {:<20} {:<24} {:<24} {:<24} {:<15} {:<14} {:<24} {}",
                 s.id,
                 s.status,
                 s.app_name.as_deref().unwrap_or("-"),
                 s.start.as_deref().unwrap_or("-"),
+                s.end.as_deref().unwrap_or("-"),
                 s.ping.as_deref().unwrap_or("-"),
                 s.ip_address.as_deref().unwrap_or("-"),
+                s.server.as_deref().unwrap_or("-"),
+                // null = every type of the classifications
+                s.types.as_ref().map_or("all".to_owned(), |t| t.join(",")),
                 s.classifications.join(",")
             ),
             Err(e) => println!(

@@ -94,6 +94,10 @@ pub struct ApiSettings {
     pub timeout: Duration,
     /// Extra hosts that may receive the key: `host`, `host:port` or `*.suffix`.
     pub trusted_hosts: Vec<String>,
+    /// A PEM bundle of CA certificates trusted on top of the system's (or `SSL_CERT_FILE`'s):
+    /// a private CA, or the one of a TLS-inspecting proxy. Read by the commands that talk to
+    /// the API, at start ([`crate::api::tls`]).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ApiSettings {
@@ -104,6 +108,7 @@ impl Default for ApiSettings {
             key_file: None,
             timeout: Duration::from_secs(30),
             trusted_hosts: vec!["*.api.dmdata.jp".to_owned()],
+            ca_file: None,
         }
     }
 }

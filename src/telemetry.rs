@@ -62,10 +62,11 @@ where
 /// `auto`: under systemd (stderr is the journal) plain text with priority prefixes and no
 /// timestamps (journald adds its own); on a terminal, coloured text; otherwise plain text.
 pub fn init(settings: &LogSettings) {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.trim().is_empty() => EnvFilter::builder().parse_lossy(v),
-        _ => EnvFilter::builder().parse_lossy(&settings.level),
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => settings.level.clone(),
     };
+    let filter = EnvFilter::builder().parse_lossy(quiet_dependencies(&directives));
     let tty = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -88,6 +89,18 @@ pub fn init(settings: &LogSettings) {
             .try_init(),
         LogFormat::Auto | LogFormat::Pretty => builder.with_ansi(tty).with_target(false).try_init(),
     };
+}
+
+/// Adds `rustls_platform_verifier=off` unless the filter names that crate: it logs every
+/// refused certificate at error level, on every attempt and without saying what to do, while
+/// the API client turns the same verdict into one actionable line (`tls_refused`).
+fn quiet_dependencies(directives: &str) -> String {
+    const VERIFIER: &str = "rustls_platform_verifier";
+    if directives.contains(VERIFIER) {
+        directives.to_owned()
+    } else {
+        format!("{directives},{VERIFIER}=off")
+    }
 }
 
 /// The process-wide Prometheus recorder (installed once; every daemon in a process, e.g. the

@@ -4,9 +4,14 @@
 //!
 //! The key is attached only to requests for trusted hosts ([`trust`]); redirects are followed
 //! only between trusted hosts; nothing here logs a header or a URL with credentials.
+//!
+//! TLS: rustls (ring) with the system's CA store or `SSL_CERT_FILE`, plus `api.ca_file`
+//! ([`tls`]); HTTP/2 or HTTP/1.1 by ALPN; `HTTPS_PROXY`/`NO_PROXY` from the environment
+//! (reqwest reads them when the client is built).
 
 pub mod budget;
 pub mod models;
+pub mod tls;
 pub mod trust;
 
 use std::time::Duration;
@@ -14,7 +19,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use url::Url;
 
-use crate::config::{Secret, Settings};
+use crate::config::{ConfigError, Secret, Settings};
 use budget::{Budget, Permit};
 use models::{ErrorEnvelope, ListPage};
 use trust::TrustedHosts;
@@ -42,6 +47,23 @@ pub enum ApiError {
     Malformed { endpoint: String, detail: String },
     #[error("untrusted host {host}: not in api.trusted_hosts, so it is never sent the key")]
     UntrustedHost { host: String },
+    #[error("{endpoint}: the TLS certificate of {host} was refused ({reason}); {hint}")]
+    Certificate {
+        endpoint: String,
+        host: String,
+        reason: String,
+        hint: &'static str,
+    },
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A setting (or `SSL_CERT_FILE`) is unusable: exit 2, like any configuration error.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
 }
 
 /// "outer: inner: innermost", without the URL reqwest would otherwise print.
@@ -67,8 +89,16 @@ impl ApiError {
                 matches!(status, 408 | 425 | 429) || (500..600).contains(status)
             }
             ApiError::Transport { .. } | ApiError::Malformed { .. } => true,
-            ApiError::InvalidCursor { .. } | ApiError::UntrustedHost { .. } => false,
+            ApiError::InvalidCursor { .. }
+            | ApiError::UntrustedHost { .. }
+            | ApiError::Certificate { .. } => false,
         }
+    }
+
+    /// The server's TLS certificate was refused: a matter for the operator (`api.ca_file`,
+    /// `SSL_CERT_FILE`, the clock), not for retrying soon.
+    pub fn is_certificate(&self) -> bool {
+        matches!(self, ApiError::Certificate { .. })
     }
 
     /// The key was refused (401) or lacks permission for this API (403 on the JSON host).
@@ -120,12 +150,21 @@ impl std::fmt::Debug for Client {
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 impl Client {
-    pub fn new(settings: &Settings, key: Secret) -> Result<Client, String> {
+    /// Reads `api.ca_file` and checks `SSL_CERT_FILE` (a bad one is a [`ClientError::Config`]).
+    pub fn new(settings: &Settings, key: Secret) -> Result<Client, ClientError> {
         // reqwest is built without a bundled crypto provider; ring is installed once per process.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let trusted = TrustedHosts::new(&settings.api.base_url, &settings.api.trusted_hosts)?;
+        let trusted = TrustedHosts::new(&settings.api.base_url, &settings.api.trusted_hosts)
+            .map_err(|m| ConfigError::invalid("api.trusted_hosts", m))?;
+        tls::check_ssl_cert_file()?;
+        let extra_roots = tls::ca_file_roots(settings)?
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConfigError::invalid("api.ca_file", chain(&e)))?;
         let redirect_trust = trusted.clone();
         let http = reqwest::Client::builder()
+            .tls_certs_merge(extra_roots)
             .user_agent(concat!("jma-poller/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(settings.download.read_timeout)
@@ -143,7 +182,7 @@ impl Client {
                 }
             }))
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))?;
+            .map_err(|e| ClientError::Build(build_failure(&e)))?;
         let l = &settings.limits;
         Ok(Client {
             http,
@@ -187,10 +226,10 @@ impl Client {
             .basic_auth(self.key.expose(), Some(""))
             .timeout(self.list_timeout);
         permit.sent();
-        let response = request.send().await.map_err(|e| ApiError::Transport {
-            endpoint: endpoint.clone(),
-            source: e.without_url(),
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| send_failed(&endpoint, &self.base, e))?;
         let status = response.status();
         if !status.is_success() {
             let sent_cursor = query.iter().any(|(k, _)| *k == "cursorToken");
@@ -214,13 +253,7 @@ impl Client {
     ) -> Result<reqwest::Response, ApiError> {
         if !self.trusted.allows(url) {
             return Err(ApiError::UntrustedHost {
-                host: url
-                    .host_str()
-                    .map(|h| match url.port() {
-                        Some(p) => format!("{h}:{p}"),
-                        None => h.to_owned(),
-                    })
-                    .unwrap_or_default(),
+                host: host_port(url),
             });
         }
         let endpoint = url.path().to_owned();
@@ -229,16 +262,61 @@ impl Client {
             .get(url.clone())
             .basic_auth(self.key.expose(), Some(""));
         permit.sent();
-        let response = request.send().await.map_err(|e| ApiError::Transport {
-            endpoint: endpoint.clone(),
-            source: e.without_url(),
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| send_failed(&endpoint, url, e))?;
         if response.status().is_success() {
             Ok(response)
         } else {
             Err(status_error(&endpoint, response, false, &self.data_budget).await)
         }
     }
+}
+
+/// `host` or `host:port` of a URL, for messages.
+fn host_port(url: &Url) -> String {
+    url.host_str()
+        .map(|h| match url.port() {
+            Some(p) => format!("{h}:{p}"),
+            None => h.to_owned(),
+        })
+        .unwrap_or_default()
+}
+
+/// A request that got no response: a refused certificate says which host and what to set;
+/// anything else is a transport error (retried).
+fn send_failed(endpoint: &str, url: &Url, e: reqwest::Error) -> ApiError {
+    match tls::certificate_problem(&e) {
+        Some((reason, hint)) => ApiError::Certificate {
+            endpoint: endpoint.to_owned(),
+            host: host_port(url),
+            reason,
+            hint,
+        },
+        None => ApiError::Transport {
+            endpoint: endpoint.to_owned(),
+            source: e.without_url(),
+        },
+    }
+}
+
+/// Why the client could not be built; a TLS setup failure (typically no CA certificate found
+/// at all, e.g. a minimal container without `ca-certificates`) says where roots come from.
+fn build_failure(e: &reqwest::Error) -> String {
+    let mut text = chain(e);
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            text.push_str(
+                " (CA certificates come from the system's store, or SSL_CERT_FILE when set, plus \
+                 api.ca_file: install the ca-certificates package or set one of those)",
+            );
+            break;
+        }
+        cur = err.source();
+    }
+    text
 }
 
 /// Turns a non-2xx response into an [`ApiError`]; a 429 also pauses `budget` for Retry-After

@@ -78,6 +78,11 @@ impl FetchError {
             retry_after: None,
         };
         match self {
+            // Not the item's fault, and every item of that host would meet it.
+            FetchError::Api(e) if e.is_certificate() => Next::Pause {
+                why: "a data host's TLS certificate was refused (see the error for the host and what to set)",
+                wait: Duration::from_secs(300),
+            },
             FetchError::Api(e) => match e.status() {
                 Some(401) => Next::Pause {
                     why: "the data host refused the API key (401); check api.key and its jmafile.data/archive.data permissions",

@@ -362,6 +362,7 @@ impl ArchivePoller {
                 Err(e) => {
                     let n = failures.consecutive + 1;
                     let auth = matches!(&e, PollError::Api(a) if a.is_auth());
+                    let tls = matches!(&e, PollError::Api(a) if a.is_certificate());
                     let retry_after = match &e {
                         PollError::Api(a) => a.retry_after(),
                         _ => None,
@@ -376,7 +377,21 @@ impl ArchivePoller {
                         retry_after,
                         Duration::from_secs(3600),
                     );
-                    if failures.failed(if auth { "auth" } else { "other" }) {
+                    let kind = match (auth, tls) {
+                        (true, _) => "auth",
+                        (_, true) => "tls",
+                        _ => "other",
+                    };
+                    let logged = failures.failed(kind);
+                    if logged && tls {
+                        error!(
+                            event = "tls_refused",
+                            error = %e,
+                            attempt = n,
+                            retry_in_ms = wait.as_millis() as u64,
+                            "archive check failed: the server's TLS certificate was refused; backing off"
+                        );
+                    } else if logged {
                         let hint = if auth {
                             "; the key may lack archive.list or a contract for these classifications"
                         } else {

@@ -550,6 +550,7 @@ impl JmaFilePoller {
                 }
                 Err(e) => {
                     let (kind, transient, retry_after) = match &e {
+                        PollError::Api(a) if a.is_certificate() => ("tls", false, None),
                         PollError::Api(a) => ("api", a.is_transient(), a.retry_after()),
                         PollError::Store(_) => ("store", true, None),
                     };
@@ -565,7 +566,16 @@ impl JmaFilePoller {
                         retry_after,
                         Duration::from_secs(3600),
                     );
-                    if failures.failed(kind) {
+                    let logged = failures.failed(kind);
+                    if logged && kind == "tls" {
+                        error!(
+                            event = "tls_refused",
+                            error = %e,
+                            attempt = n,
+                            retry_in_ms = wait.as_millis() as u64,
+                            "poll failed: the server's TLS certificate was refused; backing off"
+                        );
+                    } else if logged {
                         warn!(
                             event = "poll_failed",
                             error = %e,

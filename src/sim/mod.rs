@@ -8,12 +8,14 @@
 //! filters; opaque base64url cursor tokens; `nextPooling` always, `nextToken` only when more
 //! remain; `nextPoolingInterval`; the 1-month window (hidden from lists, 403 on bodies);
 //! `Dmdata-*` headers and no `Content-Encoding`; 429 from per-host budgets (50 per 5 minutes on
-//! data, 2000 per 10 minutes on lists); serials as strings.
+//! data, 2000 per 10 minutes on lists); serials as strings. With [`SimConfig::tls`] it speaks
+//! TLS 1.2/1.3 with HTTP/2 or HTTP/1.1 by ALPN, as the live service does ([`tls`]).
 
 pub mod archive;
 pub mod bench;
 pub mod data;
 mod routes;
+pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use archive::{ArchiveSpec, Hostile, SimArchive};
 pub use data::{ExpectedFile, ItemSpec, Kind, SimItem};
+pub use tls::{Handshake, SimTls};
 
 /// Which end of a PuLL backlog larger than `limit` comes back first ([gap] in the docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,9 @@ pub struct SimConfig {
     /// The archive list ignores the cursor and returns nextToken forever (seen upstream for
     /// out-of-range dates).
     pub archive_endless: bool,
+    /// Serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with this certificate instead of plain HTTP.
+    /// Read at start.
+    pub tls: Option<SimTls>,
 }
 
 impl Default for SimConfig {
@@ -77,6 +83,7 @@ impl Default for SimConfig {
             retention: Duration::from_secs(31 * 86_400),
             numbers_as_strings: false,
             archive_endless: false,
+            tls: None,
         }
     }
 }
@@ -159,6 +166,8 @@ pub struct Request {
     /// Item id, for body requests.
     pub id: Option<String>,
     pub host: String,
+    /// The HTTP version the request came in (HTTP/2 over TLS with ALPN `h2`).
+    pub version: axum::http::Version,
 }
 
 impl Request {
@@ -226,6 +235,17 @@ struct Inner {
     api_bucket: Mutex<Option<Bucket>>,
     rejected_429: std::sync::atomic::AtomicU64,
     addr: SocketAddr,
+    /// `https` in TLS mode, else `http`.
+    scheme: &'static str,
+    /// Every TLS handshake, in TLS mode.
+    handshakes: Mutex<Vec<Handshake>>,
+}
+
+impl Inner {
+    /// `scheme://127.0.0.1:PORT`: the base of the lists and of every item's url.
+    fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -244,6 +264,7 @@ impl Sim {
     pub async fn start_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Sim> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let inner = Arc::new(Inner {
             data_bucket: Mutex::new(config.data_limit.map(Bucket::new)),
             api_bucket: Mutex::new(config.api_limit.map(Bucket::new)),
@@ -257,16 +278,33 @@ impl Sim {
             log: Mutex::new(Vec::new()),
             rejected_429: Default::default(),
             addr,
+            scheme: if acceptor.is_some() { "https" } else { "http" },
+            handshakes: Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
         let app = routes::router(inner.clone());
         let until = stop.clone();
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(until.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "simulator stopped");
+        match acceptor {
+            None => {
+                tokio::spawn(async move {
+                    let serve =
+                        axum::serve(listener, app).with_graceful_shutdown(until.cancelled_owned());
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "simulator stopped");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let tls = tls::TlsListener::spawn(listener, acceptor, inner.clone(), stop.clone())?;
+                tokio::spawn(async move {
+                    let serve =
+                        axum::serve(tls, app).with_graceful_shutdown(until.cancelled_owned());
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "simulator stopped");
+                    }
+                });
+            }
+        }
         Ok(Sim { inner, stop })
     }
 
@@ -282,9 +320,9 @@ impl Sim {
         self.inner.addr
     }
 
-    /// `http://127.0.0.1:PORT`, the value for `api.base_url`.
+    /// `http://127.0.0.1:PORT` (`https://` in TLS mode), the value for `api.base_url`.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        self.inner.origin()
     }
 
     pub fn key(&self) -> String {
@@ -395,6 +433,14 @@ impl Sim {
         id
     }
 
+    /// Limits a socket from [`Sim::add_socket`] to these data types (`types` null = all).
+    pub fn set_socket_types(&self, id: u64, types: &[&str]) {
+        let mut w = lock(&self.inner.world);
+        if let Some(s) = w.sockets.iter_mut().find(|s| s["id"] == id) {
+            s["types"] = serde_json::json!(types);
+        }
+    }
+
     pub fn archives(&self) -> Vec<SimArchive> {
         lock(&self.inner.world).archives.clone()
     }
@@ -410,6 +456,11 @@ impl Sim {
 
     pub fn requests(&self) -> Vec<Request> {
         lock(&self.inner.log).clone()
+    }
+
+    /// Every TLS handshake so far, refused ones included (TLS mode only).
+    pub fn handshakes(&self) -> Vec<Handshake> {
+        lock(&self.inner.handshakes).clone()
     }
 
     /// 429s the simulator's own budgets sent (not injected faults).

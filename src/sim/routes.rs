@@ -26,7 +26,40 @@ pub(super) fn router(inner: Arc<Inner>) -> Router {
         .route("/v2/socket", get(socket_list))
         .route("/v1/archive/{id}", get(archive_data))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(http_facts))
         .with_state(inner)
+}
+
+/// Set by [`http_facts`] on every request: the HTTP version it arrived in, for the log.
+const VERSION_HEADER: &str = "x-sim-http-version";
+
+/// Makes HTTP/2 requests look like HTTP/1.1 ones to the handlers, which read the `Host` header
+/// (HTTP/2 carries it as `:authority`, in the URI), and hands them the request's HTTP version
+/// through [`VERSION_HEADER`] (any client-sent value is replaced).
+async fn http_facts(mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let version = format!("{:?}", request.version());
+    let authority = request.uri().authority().map(|a| a.as_str().to_owned());
+    let headers = request.headers_mut();
+    if !headers.contains_key(header::HOST)
+        && let Some(v) = authority.and_then(|a| HeaderValue::from_str(&a).ok())
+    {
+        headers.insert(header::HOST, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&version) {
+        headers.insert(VERSION_HEADER, v);
+    }
+    next.run(request).await
+}
+
+fn version_of(headers: &HeaderMap) -> axum::http::Version {
+    use axum::http::Version;
+    match headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()) {
+        Some("HTTP/0.9") => Version::HTTP_09,
+        Some("HTTP/1.0") => Version::HTTP_10,
+        Some("HTTP/2.0") => Version::HTTP_2,
+        Some("HTTP/3.0") => Version::HTTP_3,
+        _ => Version::HTTP_11,
+    }
 }
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -154,6 +187,7 @@ async fn not_found(
         status: 0,
         id: None,
         host: host_of(&headers),
+        version: version_of(&headers),
     };
     let resp = if uri.path().starts_with("/v2/") {
         json_error(404, "Not Found.")
@@ -259,6 +293,7 @@ fn list_request(
         status: 0,
         id: None,
         host: host_of(headers),
+        version: version_of(headers),
     };
     if !authorized(req.auth) {
         return Err(record(
@@ -471,7 +506,7 @@ async fn jmafile_list(
             }
         }
     };
-    let origin = format!("http://{}", inner.addr);
+    let origin = inner.origin();
     let items: Vec<Value> = page
         .iter()
         .map(|i| entry_json(i, &origin, config.numbers_as_strings))
@@ -528,6 +563,7 @@ fn data_request(
         status: 0,
         id: Some(id.to_owned()),
         host: host_of(headers),
+        version: version_of(headers),
     };
     if !authorized(req.auth) {
         return Err(record(
@@ -822,7 +858,7 @@ async fn archive_list(
     } else {
         (offset.min(matching.len()), matching.len() > offset + limit)
     };
-    let origin = format!("http://{}", inner.addr);
+    let origin = inner.origin();
     let items: Vec<Value> = matching
         .iter()
         .skip(start)

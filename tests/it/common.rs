@@ -292,6 +292,21 @@ impl Proc {
     }
 }
 
+/// Variables of the test's own environment that would change where the binary connects or
+/// whom it trusts: each test sets the ones it means (`tls.rs`).
+const NETWORK_ENV: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
 /// The real binary with `args`, environment `env`, output appended to `log`.
 pub fn spawn_bin(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {
     let out = std::fs::OpenOptions::new()
@@ -300,9 +315,12 @@ pub fn spawn_bin(args: &[&str], env: &[(String, String)], log: &Path) -> Proc {
         .open(log)
         .unwrap();
     let err = out.try_clone().unwrap();
-    Command::new(bin())
-        .args(args)
-        .env_remove("RUST_LOG")
+    let mut command = Command::new(bin());
+    command.args(args).env_remove("RUST_LOG");
+    for var in NETWORK_ENV {
+        command.env_remove(var);
+    }
+    command
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(out)

@@ -438,10 +438,13 @@ async fn the_hook_runs_once_per_item_is_retried_after_failure_and_survives_a_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_lists_and_pages_the_accounts_websocket_sessions() {
     let sim = sim(200).await;
+    let mut ids = Vec::new();
     for i in 0..130 {
         let status = ["open", "waiting", "closed"][i % 3];
-        sim.add_socket(status, &format!("app-{i}"));
+        ids.push(sim.add_socket(status, &format!("app-{i}")));
     }
+    // One open socket limited to two data types; the others take every type (null).
+    sim.set_socket_types(ids[3], &["VXSE51", "VXSE53"]);
     let run = |args: &[&str]| {
         Command::new(bin())
             .args(args)
@@ -469,6 +472,57 @@ async fn sockets_lists_and_pages_the_accounts_websocket_sessions() {
     assert!(text.starts_with("id"), "{text}");
     assert_eq!(text.lines().count(), 1 + 44, "{text}");
     assert!(text.lines().skip(1).all(|l| l.contains(" open ")));
+    // id status app start end ping ip server types classifications
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap()
+        .split("  ")
+        .filter(|c| !c.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "id",
+            "status",
+            "app",
+            "start",
+            "end",
+            "last ping",
+            "ip",
+            "server",
+            "types",
+            "classifications"
+        ],
+        "{text}"
+    );
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 10, "{line}");
+        assert_eq!(cols[4], "-", "an open socket has no end: {line}");
+        assert_eq!(cols[7], "websocket-03", "the server is shown: {line}");
+        let want = if cols[0] == ids[3].to_string() {
+            "VXSE51,VXSE53"
+        } else {
+            "all"
+        };
+        assert_eq!(cols[8], want, "types, or all when null: {line}");
+        assert_eq!(cols[9], "telegram.earthquake,eew.forecast", "{line}");
+    }
+    let out = run(&["sockets", "--status", "closed"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1 + 43, "{text}");
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 10, "{line}");
+        assert_eq!(
+            cols[3], cols[4],
+            "a closed socket shows when it ended: {line}"
+        );
+        assert!(cols[4].starts_with("20"), "{line}");
+        assert_eq!(cols[7], "-", "a closed socket has no server: {line}");
+    }
     let out = run(&["sockets", "--status", "bogus"]);
     assert_eq!(out.status.code(), Some(2));
 }
