@@ -1499,6 +1499,7 @@ async fn db_poll_work(db: &Path) -> (f64, f64) {
                     }),
                     path: Some(format!("jmafile/jmafile.rdr-nc5min/bench/{id}.bin")),
                     refused: None,
+                    type_name: Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL".into()),
                 }
             })
             .collect();

@@ -530,22 +530,46 @@ async fn healthcheck(settings: &Settings) -> Result<(), Failure> {
         .map_err(|e| Failure::from((1, e)))?;
     let report = store.status().await.map_err(|e| Failure::from((1, e)))?;
     store.close().await;
-    let last = report.cursors.iter().filter_map(|c| c.last_poll_ms).max();
     let staleness = settings.server.ready_staleness.as_millis() as i64;
-    match last {
-        Some(t) if now_ms() - t <= staleness => {
-            println!("ready: last successful poll {}", ago(Some(t)));
-            Ok(())
-        }
-        other => Err(Failure::from((
+    let stale = |t: Option<i64>| t.is_none_or(|t| now_ms() - t > staleness);
+    let not_ready = |what: String, t: Option<i64>| {
+        Failure::from((
             1,
             format!(
-                "not ready: last successful poll {} (server.ready_staleness is {})",
-                ago(other),
+                "not ready: {what}last successful poll {} (server.ready_staleness is {})",
+                ago(t),
                 humantime::format_duration(settings.server.ready_staleness)
             ),
-        ))),
+        ))
+    };
+    // Every jmafile stream must be polling; without streams (archives only), the newest check.
+    let streams: Vec<_> = report
+        .cursors
+        .iter()
+        .filter(|c| c.name != crate::poll::archive::CURSOR)
+        .collect();
+    if streams.is_empty() {
+        let last = report.cursors.iter().filter_map(|c| c.last_poll_ms).max();
+        if stale(last) {
+            return Err(not_ready(String::new(), last));
+        }
+        println!("ready: last successful poll {}", ago(last));
+        return Ok(());
     }
+    if let Some(c) = streams.iter().find(|c| stale(c.last_poll_ms)) {
+        let error = c
+            .last_error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return Err(not_ready(
+            format!("stream {}{error}: ", c.name),
+            c.last_poll_ms,
+        ));
+    }
+    let oldest = streams.iter().filter_map(|c| c.last_poll_ms).min();
+    println!("ready: last successful poll {}", ago(oldest));
+    Ok(())
 }
 
 fn ago(ms: Option<i64>) -> String {
@@ -577,6 +601,14 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     if report.cursors.is_empty() {
         println!("cursor:   none yet (the daemon has not completed a poll)");
     }
+    let streams = report
+        .cursors
+        .iter()
+        .filter(|c| c.name != crate::poll::archive::CURSOR)
+        .count();
+    if streams > 0 {
+        println!("jmafile streams: {streams}");
+    }
     for c in &report.cursors {
         if c.name == crate::poll::archive::CURSOR {
             println!(
@@ -590,20 +622,28 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
             );
         } else {
             println!(
-                "cursor {}: {}, highest serial {}, interval {} ms, last poll {}",
+                "  {}: types {}; {}; cursor age {} (newest item listed); last poll {}; highest serial {}; interval {} ms",
                 c.name,
-                if c.has_token {
+                if c.types.is_empty() {
+                    "all".to_owned()
+                } else {
+                    c.types.join(",")
+                },
+                if c.backlog {
+                    "paging back a backlog"
+                } else if c.has_token {
                     "following nextPooling"
                 } else {
                     "needs a baseline"
                 },
+                ago(c.last_received_ms),
+                ago(c.last_poll_ms),
                 c.high_serial.map_or("-".into(), |s| s.to_string()),
                 c.interval_ms.map_or("-".into(), |s| s.to_string()),
-                ago(c.last_poll_ms)
             );
         }
         if let Some(e) = &c.last_error {
-            println!("  last poll error ({}): {e}", ago(c.last_error_ms));
+            println!("    last error ({}): {e}", ago(c.last_error_ms));
         }
     }
     println!("items:");

@@ -57,6 +57,9 @@ fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> 
 pub struct ListPage {
     #[serde(default)]
     pub status: Option<String>,
+    /// When the server answered; stands in for an item's missing `receivedTime`.
+    #[serde(default)]
+    pub response_time: Option<String>,
     pub items: Vec<serde_json::Value>,
     #[serde(default)]
     pub next_token: Option<String>,
@@ -110,6 +113,40 @@ pub struct FileHeader {
     #[serde(deserialize_with = "lenient_u64")]
     pub length: u64,
     pub filename: String,
+    /// HEADER_VALUES split on `_`: the data identifier the `type` filter matches. Kept as
+    /// raw JSON so an odd value costs only the identifier, never the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
+}
+
+impl JmaFileItem {
+    /// The data identifier (HEADER_VALUES): `headers[0].values` joined by `_`, or, when they
+    /// are missing, read from the file name (`Z__C_{author}_{yyyyMMddHHmmss}_{id}_{tail}`).
+    pub fn identifier(&self) -> Option<String> {
+        let first = self.headers.first()?;
+        if let Some(serde_json::Value::Array(values)) = &first.values {
+            let parts: Option<Vec<&str>> = values.iter().map(|v| v.as_str()).collect();
+            if let Some(parts) = parts.filter(|p| !p.is_empty()) {
+                return Some(parts.join("_"));
+            }
+        }
+        identifier_from_name(&first.filename)
+    }
+}
+
+/// The identifier part of a JMA file name: `Z__C_RJTD_20240525083000_SRF_GPV_…_FH01-06_grib2.bin`
+/// → `SRF_GPV_…_FH01-06`; bundles `Z__C_COMP_{ts}_{id}_{count}.tar.gz` likewise.
+pub fn identifier_from_name(name: &str) -> Option<String> {
+    let body = name
+        .strip_prefix("Z__C_")
+        .or_else(|| name.strip_prefix("Z__"))?;
+    let (_author, rest) = body.split_once('_')?;
+    let (stamp, rest) = rest.split_once('_')?;
+    if stamp.len() != 14 || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (id, _tail) = rest.rsplit_once('_')?;
+    (!id.is_empty()).then(|| id.to_owned())
 }
 
 /// The docs spell these `oflag`/`productidentifier`, the official TS types

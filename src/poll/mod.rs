@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod jmafile;
+pub mod streams;
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ pub(crate) fn malformed_entry(
         plan: None,
         path: None,
         refused: Some(format!("malformed list entry: {reason}")),
+        type_name: None,
     }
 }
 

@@ -108,6 +108,17 @@ pub struct NewItem {
     pub plan: Option<Plan>,
     pub path: Option<String>,
     pub refused: Option<String>,
+    /// A jmafile item's data identifier (HEADER_VALUES); None for archives.
+    pub type_name: Option<String>,
+}
+
+/// Which of the mirror's items a jmafile stream's entry covers (see [`Store::newest_listed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeMatch {
+    /// Every jmafile item.
+    Any,
+    Prefix(String),
+    Exact(String),
 }
 
 /// Which queued items a worker may take.
@@ -179,7 +190,13 @@ pub struct RecentError {
 #[derive(Debug, Clone, Serialize)]
 pub struct CursorStatus {
     pub name: String,
+    /// The `type` values the stream sends (empty: everything), from the stored filters.
+    pub types: Vec<String>,
     pub has_token: bool,
+    /// A backlog is being paged back.
+    pub backlog: bool,
+    /// receivedTime of the newest item the stream has listed (how far it has come).
+    pub last_received_ms: Option<i64>,
     pub high_serial: Option<i64>,
     pub interval_ms: Option<i64>,
     pub last_poll_ms: Option<i64>,
@@ -464,6 +481,101 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The jmafile PuLL cursors (`jmafile`, `jmafile:…`) with their state.
+    pub async fn jmafile_cursors(&self) -> Result<Vec<(String, Cursor)>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM cursors WHERE name = 'jmafile' OR name LIKE 'jmafile:%' ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(c) = self.cursor(&name).await? {
+                out.push((name, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gives a cursor row another name (a stream whose types are unchanged but whose name is
+    /// new, e.g. after an upgrade). Does nothing if `to` exists.
+    pub async fn rename_cursor(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE cursors SET name = ?2 WHERE name = ?1
+               AND NOT EXISTS (SELECT 1 FROM cursors WHERE name = ?2)",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Removes the jmafile cursors of streams no longer planned; returns their names.
+    pub async fn retire_jmafile_cursors(&self, keep: &[String]) -> Result<Vec<String>, StoreError> {
+        let keep = serde_json::to_string(keep).unwrap_or_else(|_| "[]".into());
+        Ok(sqlx::query_scalar(
+            "DELETE FROM cursors
+             WHERE (name = 'jmafile' OR name LIKE 'jmafile:%')
+               AND name NOT IN (SELECT value FROM json_each(?))
+             RETURNING name",
+        )
+        .bind(keep)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// For each entry, the newest jmafile item the mirror holds for it: (serial, receivedTime
+    /// ms), or None if it holds none. Served by the `items_type` index.
+    pub async fn newest_listed(
+        &self,
+        entries: &[TypeMatch],
+    ) -> Result<Vec<Option<(u64, i64)>>, StoreError> {
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let row: Option<(Option<i64>, Option<i64>)> = match entry {
+                TypeMatch::Any => {
+                    sqlx::query_as(
+                        "SELECT serial, received_ms FROM items
+                         WHERE source = 'jmafile' AND serial IS NOT NULL
+                         ORDER BY serial DESC LIMIT 1",
+                    )
+                    .fetch_optional(&self.pool)
+                    .await?
+                }
+                TypeMatch::Exact(t) => {
+                    sqlx::query_as(
+                        "SELECT serial, received_ms FROM items INDEXED BY items_type
+                         WHERE type_name = ? AND source = 'jmafile' AND serial IS NOT NULL
+                         ORDER BY serial DESC LIMIT 1",
+                    )
+                    .bind(t)
+                    .fetch_optional(&self.pool)
+                    .await?
+                }
+                TypeMatch::Prefix(p) => {
+                    // A range on the index: every text that starts with `p` sorts between `p`
+                    // and `p` followed by the highest code point.
+                    sqlx::query_as(
+                        "SELECT serial, received_ms FROM items INDEXED BY items_type
+                         WHERE type_name >= ?1 AND type_name < ?1 || char(1114111)
+                           AND source = 'jmafile' AND serial IS NOT NULL
+                         ORDER BY serial DESC LIMIT 1",
+                    )
+                    .bind(p)
+                    .fetch_optional(&self.pool)
+                    .await?
+                }
+            };
+            out.push(match row {
+                Some((Some(serial), received)) => Some((serial as u64, received.unwrap_or(0))),
+                _ => None,
+            });
+        }
+        Ok(out)
     }
 
     /// Claims the next due item (jmafile before archives, oldest first) and logs the body
@@ -867,7 +979,8 @@ impl Store {
 
     pub async fn status(&self) -> Result<StatusReport, StoreError> {
         let cursors = sqlx::query(
-            "SELECT name, token IS NOT NULL AS has_token, high_serial, interval_ms, last_poll_ms,
+            "SELECT name, query, token IS NOT NULL AS has_token, backlog_token IS NOT NULL AS backlog,
+                    last_received_ms, high_serial, interval_ms, last_poll_ms,
                     last_error, last_error_ms FROM cursors ORDER BY name",
         )
         .fetch_all(&self.pool)
@@ -875,7 +988,19 @@ impl Store {
         .into_iter()
         .map(|r| CursorStatus {
             name: r.get("name"),
+            types: serde_json::from_str::<serde_json::Value>(r.get::<&str, _>("query"))
+                .ok()
+                .and_then(|q| {
+                    q.get("types")?
+                        .as_array()?
+                        .iter()
+                        .map(|t| t.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
             has_token: r.get("has_token"),
+            backlog: r.get("backlog"),
+            last_received_ms: r.get("last_received_ms"),
             high_serial: r.get("high_serial"),
             interval_ms: r.get("interval_ms"),
             last_poll_ms: r.get("last_poll_ms"),
@@ -1046,8 +1171,9 @@ async fn insert_items(
         };
         sqlx::query(
             "INSERT INTO items (source, id, serial, classification, received_ms, url, plan,
-                                    state, priority, last_error, path, listed_ms, finished_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    state, priority, last_error, path, listed_ms, finished_ms,
+                                    type_name)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(item.source.as_str())
         .bind(&item.id)
@@ -1065,6 +1191,7 @@ async fn insert_items(
         .bind(path)
         .bind(now)
         .bind(finished)
+        .bind(&item.type_name)
         .execute(&mut **tx)
         .await?;
         if item.refused.is_some() {
