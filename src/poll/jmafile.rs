@@ -44,9 +44,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::FailureLog;
 use super::streams::{Filter, Stream};
-use crate::api::budget::Budget;
+use super::{FailureLog, Pacer};
 use crate::api::models::{JmaFileItem, ListPage, raw_identity};
 use crate::api::{ApiError, Client};
 use crate::config::JmaFileSettings;
@@ -78,12 +77,15 @@ pub const API_KEEPS: Duration = Duration::from_secs(30 * 86_400);
 const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
 const REFUSED_MAX: Duration = Duration::from_secs(900);
 
-/// The pacing all PuLL streams share: at most 2 list calls in any 1.22 s (the budget adds its
-/// clock-skew margin), one every 0.61 s, so together they stay below the provider's "2 list
-/// requests per second" (§9) however many streams there are. Each stream still waits its own
-/// `nextPoolingInterval` on top.
-pub fn list_pacer() -> Budget {
-    Budget::new("jmafile_lists", 2, Duration::from_secs(1), 1)
+/// Shortest time between two jmafile list calls, across all streams.
+pub const LIST_GAP: Duration = Duration::from_millis(600);
+
+/// The pacing all PuLL streams share: one list call every [`LIST_GAP`] at most (1.67 per
+/// second, never more than 2 in any second), first come first served, so together they stay
+/// below the provider's "2 list requests per second" (§9) however many streams there are.
+/// Each stream still waits its own `nextPoolingInterval` on top.
+pub fn list_pacer() -> Pacer {
+    Pacer::new(LIST_GAP)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +213,7 @@ pub struct JmaFilePoller {
     settings: JmaFileSettings,
     stream: Stream,
     /// Shared by every stream (see [`list_pacer`]).
-    pacer: Arc<Budget>,
+    pacer: Arc<Pacer>,
     max_size: u64,
     /// `storage.retention`: nothing older is listed again (it may have been removed on purpose).
     retention: Option<Duration>,
@@ -257,7 +259,7 @@ impl JmaFilePoller {
         store: Store,
         settings: JmaFileSettings,
         stream: Stream,
-        pacer: Arc<Budget>,
+        pacer: Arc<Pacer>,
         max_size: u64,
         retention: Option<Duration>,
         wake: Arc<Notify>,
@@ -400,7 +402,7 @@ impl JmaFilePoller {
             params.push(("cursorToken", t.clone()));
         }
         let with_cursor = sent_cursor.is_some();
-        self.pacer.acquire().await.sent();
+        self.pacer.wait().await;
         let page: ListPage = match self.client.list(ENDPOINT, &params).await {
             Ok(page) => page,
             Err(e) if is_bad_request(&e) => {

@@ -13,3 +13,4 @@ mod prop;
 mod pull;
 mod robust;
 mod sim;
+mod streams;

@@ -71,7 +71,7 @@ async fn list_paging_filters_tokens_and_limits() {
             "RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL"
         };
         sim.add(ItemSpec {
-            type_name: type_name.into(),
+            type_name: Some(type_name.into()),
             ..ItemSpec::default()
         });
     }
