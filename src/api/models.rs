@@ -327,6 +327,34 @@ mod tests {
     }
 
     #[test]
+    fn the_identifier_comes_from_values_or_else_the_file_name() {
+        let page: ListPage = serde_json::from_str(DOC_EXAMPLE).unwrap();
+        let mut item: JmaFileItem = serde_json::from_value(page.items[0].clone()).unwrap();
+        assert_eq!(
+            item.identifier().as_deref(),
+            Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL")
+        );
+        item.headers[0].values = None;
+        assert_eq!(
+            item.identifier().as_deref(),
+            Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL"),
+            "from the name"
+        );
+        item.headers[0].values = Some(serde_json::json!(["RDR", 5]));
+        assert_eq!(
+            item.identifier().as_deref(),
+            Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL"),
+            "odd values: from the name"
+        );
+        assert_eq!(
+            identifier_from_name("Z__C_COMP_20261124105401_OBS_AMDSCC_004.tar.gz").as_deref(),
+            Some("OBS_AMDSCC")
+        );
+        assert_eq!(identifier_from_name("Z__C_RJTD_2026_X_grib2.bin"), None);
+        assert_eq!(identifier_from_name("a.bin"), None);
+    }
+
+    #[test]
     fn bare_times_are_utc() {
         let t = parse_time("2024-05-25T08:35:00").unwrap();
         assert_eq!(t.offset(), time::UtcOffset::UTC);

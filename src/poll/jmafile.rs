@@ -353,7 +353,11 @@ impl JmaFilePoller {
         let now = OffsetDateTime::now_utc();
         let floor = self.floor(now);
         let (cursor, mut query) = match self.store.cursor(name).await? {
-            Some(c) if stored_types(&c).as_deref() == Some(&self.stream.types()[..]) => {
+            // Ours once a step has committed it (a row made by an error alone is not).
+            Some(c)
+                if c.last_poll_ms.is_some()
+                    && stored_types(&c).as_deref() == Some(&self.stream.types()[..]) =>
+            {
                 let q: Query = serde_json::from_str(&c.query).unwrap_or_default();
                 (c, q)
             }
@@ -728,7 +732,7 @@ impl JmaFilePoller {
                     }
                     let _ = self
                         .store
-                        .record_poll_error(&name, &e.to_string(), now_ms())
+                        .record_stream_error(&name, &self.query_json(), &e.to_string(), now_ms())
                         .await;
                     crate::backoff::delay(2, AUTH_BACKOFF, AUTH_BACKOFF * 2)
                 }
@@ -832,7 +836,7 @@ impl JmaFilePoller {
         self.health.stream_refused(&self.stream.name, &reason);
         let _ = self
             .store
-            .record_poll_error(&self.stream.name, &reason, now_ms())
+            .record_stream_error(&self.stream.name, &self.query_json(), &reason, now_ms())
             .await;
         wait
     }
@@ -870,9 +874,23 @@ impl JmaFilePoller {
         }
         let _ = self
             .store
-            .record_poll_error(&self.stream.name, &e.to_string(), now_ms())
+            .record_stream_error(
+                &self.stream.name,
+                &self.query_json(),
+                &e.to_string(),
+                now_ms(),
+            )
             .await;
         wait
+    }
+
+    /// The stream's filters, for a cursor row made by an error.
+    fn query_json(&self) -> String {
+        serde_json::to_string(&Query {
+            types: self.stream.types(),
+            ..Query::default()
+        })
+        .unwrap_or_else(|_| "{}".into())
     }
 
     async fn interval_hint(&self) -> Duration {

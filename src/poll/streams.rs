@@ -192,6 +192,7 @@ pub async fn prepare(store: &Store, plan: &StreamPlan) -> Result<Prepared, Store
         let want: BTreeSet<String> = stream.types().into_iter().collect();
         let donor = stored.iter().find(|(name, cursor)| {
             !planned.contains(name)
+                && cursor.last_poll_ms.is_some()
                 && !done.adopted.iter().any(|(from, _)| from == name)
                 && super::jmafile::stored_types(cursor)
                     .is_some_and(|t| t.into_iter().collect::<BTreeSet<_>>() == want)
@@ -342,6 +343,7 @@ mod tests {
         let store = Store::open(&dir.path().join("s.sqlite")).await.unwrap();
         let cursor = |types: &[&str]| Cursor {
             token: Some("t".into()),
+            last_poll_ms: Some(1),
             query: serde_json::json!({"types": types, "since": null}).to_string(),
             high_serial: Some(7),
             ..Cursor::default()

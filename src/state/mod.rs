@@ -469,6 +469,29 @@ impl Store {
         Ok(())
     }
 
+    /// Like [`Store::record_poll_error`], for a PuLL stream: a row made by the error (the
+    /// stream never polled successfully) carries the stream's filters, so `status` shows them.
+    pub async fn record_stream_error(
+        &self,
+        name: &str,
+        query: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cursors (name, query, last_error, last_error_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error,
+                                              last_error_ms = excluded.last_error_ms",
+        )
+        .bind(name)
+        .bind(query)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Drops the cursor and any backlog token (after the API refused one), keeping the
     /// watermark, so the next poll lists without a cursor back to it.
     pub async fn clear_cursor_token(&self, name: &str) -> Result<(), StoreError> {
@@ -1232,6 +1255,82 @@ fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Claimed, StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upgraded mirror knows the data identifier of what it listed before the column
+    /// existed (read from the file name), so a new stream starts from it.
+    #[tokio::test]
+    async fn the_streams_migration_reads_old_rows_identifiers_from_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let pool = pool_options(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&path)
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            MIGRATOR.run_to(20261124000001, &pool).await.unwrap();
+            for (id, serial, class, leaf) in [
+                (
+                    "a",
+                    5,
+                    "jmafile.rdr-nc5min",
+                    "Z__C_RJTD_20261124105401_RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL_grib2.bin",
+                ),
+                (
+                    "b",
+                    6,
+                    "jmafile.obs-amds",
+                    "Z__C_COMP_20261124105401_OBS_AMDSCC_004",
+                ),
+                (
+                    "c",
+                    7,
+                    "jmafile.srf-p10",
+                    "Z__C_RJTD_20261124105401_SRF_GPV_Ggis1km_Prr60lv_Aper10min_ANAL_grib2.~abc.bin",
+                ),
+                ("d", 8, "jmafile.x", "odd-name.bin"),
+            ] {
+                sqlx::query(
+                    "INSERT INTO items (source, id, serial, classification, received_ms, url, plan,
+                                        state, path, listed_ms)
+                     VALUES ('jmafile', ?, ?, ?, 1000, 'u', 'null', 'done', ?, 1)",
+                )
+                .bind(id)
+                .bind(serial)
+                .bind(class)
+                .bind(format!("jmafile/{class}/2026-11-24/{leaf}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            pool.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        let found = store
+            .newest_listed(&[
+                TypeMatch::Exact("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL".into()),
+                TypeMatch::Exact("OBS_AMDSCC".into()),
+                TypeMatch::Prefix("SRF_GPV".into()),
+                TypeMatch::Prefix("RDR_GPV_Ggis0p25km".into()),
+                TypeMatch::Any,
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            vec![
+                Some((5, 1000)),
+                Some((6, 1000)),
+                Some((7, 1000)),
+                None,
+                Some((8, 1000))
+            ]
+        );
+        store.close().await;
+    }
 
     /// No pool of ours starts sqlx's maintenance task (see [`pool_options`]): once the stores
     /// are open and have answered, the runtime holds no task of theirs.
