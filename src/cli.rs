@@ -203,6 +203,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let settings = load(&cli.config)?;
             settings.api_key().map_err(|e| Failure::from((2, e)))?;
             print!("{}", settings.to_toml());
+            if settings.jmafile.enabled {
+                print_stream_plan(&settings);
+            }
             eprintln!("configuration is valid");
             Ok(())
         }
@@ -546,7 +549,7 @@ async fn healthcheck(settings: &Settings) -> Result<(), Failure> {
     let streams: Vec<_> = report
         .cursors
         .iter()
-        .filter(|c| c.name != crate::poll::archive::CURSOR)
+        .filter(|c| settings.jmafile.enabled && c.name != crate::poll::archive::CURSOR)
         .collect();
     if streams.is_empty() {
         let last = report.cursors.iter().filter_map(|c| c.last_poll_ms).max();
@@ -570,6 +573,32 @@ async fn healthcheck(settings: &Settings) -> Result<(), Failure> {
     let oldest = streams.iter().filter_map(|c| c.last_poll_ms).min();
     println!("ready: last successful poll {}", ago(oldest));
     Ok(())
+}
+
+/// What `jmafile.types` plans (on stderr, so stdout stays the effective TOML).
+fn print_stream_plan(settings: &Settings) {
+    let plan = crate::poll::streams::plan(&settings.jmafile.types, crate::catalog::get());
+    eprintln!("jmafile: {} PuLL stream(s)", plan.streams.len());
+    for s in &plan.streams {
+        let types = s.types();
+        eprintln!(
+            "  {}: type={}",
+            s.name,
+            if types.is_empty() {
+                "(none: everything)".to_owned()
+            } else {
+                types.join(",")
+            }
+        );
+    }
+    for entry in &plan.unknown {
+        eprintln!(
+            "  warning: {entry:?} matches no data identifier in the built-in catalog (a typo, or a product newer than the catalog?); followed as a prefix"
+        );
+    }
+    for (entry, by) in &plan.covered {
+        eprintln!("  note: {entry:?} is covered by the prefix {by:?}");
+    }
 }
 
 fn ago(ms: Option<i64>) -> String {
