@@ -533,9 +533,10 @@ async fn a_400_without_a_cursor_names_jmafile_types_fails_readyz_and_never_loops
     let port = free_port();
     let log = env.root.path().join("daemon.log");
     let mut envs = env.binary_env(&sim);
+    // And an entry the catalog does not know: a warning at start, a stream all the same.
     envs.push((
         "JMA_POLLER__JMAFILE__TYPES".into(),
-        "RDR_GPV,SRF_GPV".into(),
+        "RDR_GPV,SRF_GPV,RDR_TYPO_X".into(),
     ));
     envs.push((
         "JMA_POLLER__SERVER__LISTEN".into(),
@@ -611,6 +612,12 @@ async fn a_400_without_a_cursor_names_jmafile_types_fails_readyz_and_never_loops
         errors[0]
     );
     assert_eq!(events(&log, "cursor_refused").len(), 1);
+    let unknown = events(&log, "type_unknown");
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0]["level"], "WARN");
+    assert_eq!(unknown[0]["entry"], "RDR_TYPO_X");
+    let planned = events(&log, "streams");
+    assert_eq!(planned[0]["count"], 3, "{planned:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
