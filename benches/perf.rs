@@ -582,8 +582,8 @@ fn pipeline(ctx: &mut Ctx) {
     let sim = ctx.sim(quiet_sim(1000));
     let item = sim.add_large(
         &body,
-        "jmafile.rdr-nc5min",
-        "RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL",
+        Some("jmafile.rdr-nc5min"),
+        Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL"),
     );
     let url = format!("{}/v1/{}", sim.base_url(), item.id);
     let (mut ours, mut exec, mut base, mut base_sync) = (vec![], vec![], vec![], vec![]);
@@ -825,8 +825,8 @@ fn memory(ctx: &mut Ctx) {
         let sim = ctx.sim(quiet_sim(1000));
         let item = sim.add_large(
             &body,
-            "jmafile.rdr-nc5min",
-            "RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL",
+            Some("jmafile.rdr-nc5min"),
+            Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL"),
         );
         let dir = ctx.dir("memory-baseline");
         let url = format!("{}/v1/{}", sim.base_url(), item.id);
@@ -863,7 +863,8 @@ fn memory(ctx: &mut Ctx) {
         t.elapsed().as_secs_f64()
     ));
     let sim = ctx.sim(quiet_sim(1000));
-    let item = sim.add_large(&concat, "jmafile.met-flood", "MET_INF_Flood_River_Shape");
+    // Four children: the AMeDAS correction bundle (`Z__C_COMP_…_OBS_AMDSCC_004.tar.gz`).
+    let item = sim.add_large(&concat, Some("jmafile.obs-amds"), Some("OBS_AMDSCC"));
     let (o, _, hwm, _, path, run_dir) = land_large(ctx, &sim, &item.id, "memory-concat");
     sim.stop();
     // `path` is the folder; check the children's sizes.
@@ -1009,12 +1010,6 @@ fn idle(ctx: &mut Ctx) {
 fn small(ctx: &mut Ctx) {
     log("== small: 20,000 items of 2–20 KB (mixed gzip/plain), data budget off, full durability");
     let sim = ctx.sim(quiet_sim(1000));
-    let products = [
-        ("jmafile.rdr-nc5min", "RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL"),
-        ("jmafile.srf-rrp", "SRF_GPV_Ggis1km_Prr60lv_Aper10min_ANAL"),
-        ("jmafile.srf-sw", "SRF_GPV_Ggis1km_Psw_Fper10min_FH01-06"),
-        ("jmafile.met-wind", "MET_GPV_Gll5km_Pwind_Fper1h_FH00-06"),
-    ];
     let t = Instant::now();
     let now = time::OffsetDateTime::now_utc();
     let mut rng = fastrand::Rng::with_seed(20_000);
@@ -1022,12 +1017,10 @@ fn small(ctx: &mut Ctx) {
     let mut raw_bytes = 0usize;
     let mut bytes = 0usize;
     for i in 0..SMALL_ITEMS {
-        let (c, ty) = products[rng.usize(..products.len())];
+        // Catalog products fitting the kind: gzip radar, or uncompressed GRIB2/BUFR.
         let spec = ItemSpec {
             kind: if rng.bool() { Kind::Gzip } else { Kind::Plain },
             size: rng.usize(2048..=20480),
-            classification: c.into(),
-            type_name: ty.into(),
             // A backlog 1.1 s apart (names carry the second, so they stay distinct).
             received: Some(now - time::Duration::milliseconds(1100 * (SMALL_ITEMS - i) as i64)),
             ..ItemSpec::default()
@@ -1402,23 +1395,24 @@ fn build_scale_db(ctx: &mut Ctx, sim: &Sim, cached: &Path) {
             format!(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {SCALE_ROWS}),
                  g AS (SELECT i,
-                        CASE i % 4 WHEN 0 THEN 'jmafile.rdr-nc5min' WHEN 1 THEN 'jmafile.srf-rrp'
+                        CASE i % 4 WHEN 0 THEN 'jmafile.rdr-nc5min' WHEN 1 THEN 'jmafile.srf-p10'
                                    WHEN 2 THEN 'jmafile.srf-sw' ELSE 'jmafile.met-flood' END AS cls,
                         CASE i % 4 WHEN 0 THEN 'RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL'
                                    WHEN 1 THEN 'SRF_GPV_Ggis1km_Prr60lv_Aper10min_ANAL'
                                    WHEN 2 THEN 'SRF_GPV_Ggis1km_Psw_Fper10min_FH01-06'
-                                   ELSE 'MET_INF_Flood_River_Shape' END AS ty,
+                                   ELSE 'MET_GPV_Ggis1km_Plic_Aper10min_FH0000-0100' END AS ty,
                         {start} + i * 2592 AS r,
                         lower(hex(randomblob(43))) AS id
                        FROM n)
                  INSERT INTO items (source, id, serial, classification, received_ms, url, plan, state,
-                                    priority, attempts, path, bytes, listed_ms, started_ms, finished_ms)
+                                    priority, attempts, path, bytes, listed_ms, started_ms, finished_ms,
+                                    type_name)
                  SELECT 'jmafile', id, i, cls, r, 'https://data.api.dmdata.jp/v1/' || id,
                         '{{\"compression\":\"gzip\",\"layout\":{{\"kind\":\"single\",\"length\":' || (2000 + i % 60000) || '}}}}',
                         'done', 0, 1,
                         'jmafile/' || cls || '/' || strftime('%Y-%m-%d', r / 1000, 'unixepoch') || '/Z__C_RJTD_'
                             || strftime('%Y%m%d%H%M%S', r / 1000, 'unixepoch') || '_' || ty || '_grib2.bin',
-                        4000 + i % 60000, r + 400, r + 500, r + 800
+                        4000 + i % 60000, r + 400, r + 500, r + 800, ty
                  FROM g"
             ),
             format!(
@@ -1499,6 +1493,7 @@ async fn db_poll_work(db: &Path) -> (f64, f64) {
                     }),
                     path: Some(format!("jmafile/jmafile.rdr-nc5min/bench/{id}.bin")),
                     refused: None,
+                    type_name: Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL".into()),
                 }
             })
             .collect();

@@ -20,6 +20,7 @@ use crate::download::Downloader;
 use crate::health::Health;
 use crate::poll::archive::ArchivePoller;
 use crate::poll::jmafile::JmaFilePoller;
+use crate::poll::streams::StreamPlan;
 use crate::state::{Claim, Store, StoreError, now_ms};
 use crate::storage::{Storage, StorageError};
 
@@ -81,6 +82,43 @@ pub async fn client(
         );
     }
     Ok(Arc::new(client))
+}
+
+/// Plans the jmafile PuLL streams for `jmafile.types` and prepares their cursors; says at start
+/// what it planned, which entries the catalog does not know (a typo, or a product newer than
+/// the catalog: listed as prefixes all the same) and which need no stream of their own.
+async fn plan_streams(settings: &Settings, store: &Store) -> Result<StreamPlan, RunError> {
+    let plan = crate::poll::streams::plan(&settings.jmafile.types, crate::catalog::get());
+    for entry in &plan.unknown {
+        warn!(
+            event = "type_unknown",
+            entry = %entry,
+            "jmafile.types entry {entry:?} matches no data identifier in the built-in catalog (a typo, or a product newer than the catalog?); it is listed as a prefix"
+        );
+    }
+    for (entry, by) in &plan.covered {
+        info!(
+            event = "type_covered",
+            entry = %entry,
+            by = %by,
+            "jmafile.types entry {entry:?} is covered by the prefix {by:?}; no stream of its own"
+        );
+    }
+    let prepared = crate::poll::streams::prepare(store, &plan).await?;
+    for (from, to) in &prepared.adopted {
+        info!(event = "stream_adopted", from = %from, stream = %to, "the cursor kept for these types continues as stream {to}");
+    }
+    if !prepared.retired.is_empty() {
+        info!(event = "streams_retired", streams = ?prepared.retired, "jmafile.types changed: cursors of streams no longer planned removed");
+    }
+    info!(
+        event = "streams",
+        count = plan.streams.len(),
+        streams = ?plan.names(),
+        "jmafile: {} PuLL stream(s)",
+        plan.streams.len()
+    );
+    Ok(plan)
 }
 
 /// Runs the daemon until `shutdown` is cancelled or a task fails fatally.
@@ -190,17 +228,25 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         });
     }
     if settings.jmafile.enabled {
-        let poller = JmaFilePoller::new(
-            client.clone(),
-            store.clone(),
-            settings.jmafile.clone(),
-            settings.download.max_size.as_u64(),
-            settings.storage.retention,
-            wake.clone(),
-            health.clone(),
-        );
-        let c = tasks_cancel.clone();
-        tasks.spawn(async move { poller.run(c).await.map_err(RunError::Auth) });
+        let plan = plan_streams(&settings, &store).await?;
+        // One pacing for every stream: together they stay below 2 list calls per second.
+        let pacer = Arc::new(crate::poll::jmafile::list_pacer());
+        for stream in plan.streams {
+            health.register_stream(&stream.name);
+            let poller = JmaFilePoller::new(
+                client.clone(),
+                store.clone(),
+                settings.jmafile.clone(),
+                stream,
+                pacer.clone(),
+                settings.download.max_size.as_u64(),
+                settings.storage.retention,
+                wake.clone(),
+                health.clone(),
+            );
+            let c = tasks_cancel.clone();
+            tasks.spawn(async move { poller.run(c).await.map_err(RunError::Auth) });
+        }
     }
     if settings.archive.enabled {
         let poller = ArchivePoller::new(

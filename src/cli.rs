@@ -205,6 +205,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             crate::api::tls::ca_file_roots(&settings).map_err(|e| Failure::from((2, e)))?;
             crate::api::tls::check_ssl_cert_file().map_err(|e| Failure::from((2, e)))?;
             print!("{}", settings.to_toml());
+            if settings.jmafile.enabled {
+                print_stream_plan(&settings);
+            }
             eprintln!("configuration is valid");
             Ok(())
         }
@@ -542,21 +545,71 @@ async fn healthcheck(settings: &Settings) -> Result<(), Failure> {
         .map_err(|e| Failure::from((1, e)))?;
     let report = store.status().await.map_err(|e| Failure::from((1, e)))?;
     store.close().await;
-    let last = report.cursors.iter().filter_map(|c| c.last_poll_ms).max();
     let staleness = settings.server.ready_staleness.as_millis() as i64;
-    match last {
-        Some(t) if now_ms() - t <= staleness => {
-            println!("ready: last successful poll {}", ago(Some(t)));
-            Ok(())
-        }
-        other => Err(Failure::from((
+    let stale = |t: Option<i64>| t.is_none_or(|t| now_ms() - t > staleness);
+    let not_ready = |what: String, t: Option<i64>| {
+        Failure::from((
             1,
             format!(
-                "not ready: last successful poll {} (server.ready_staleness is {})",
-                ago(other),
+                "not ready: {what}last successful poll {} (server.ready_staleness is {})",
+                ago(t),
                 humantime::format_duration(settings.server.ready_staleness)
             ),
-        ))),
+        ))
+    };
+    // Every jmafile stream must be polling; without streams (archives only), the newest check.
+    let streams: Vec<_> = report
+        .cursors
+        .iter()
+        .filter(|c| settings.jmafile.enabled && c.name != crate::poll::archive::CURSOR)
+        .collect();
+    if streams.is_empty() {
+        let last = report.cursors.iter().filter_map(|c| c.last_poll_ms).max();
+        if stale(last) {
+            return Err(not_ready(String::new(), last));
+        }
+        println!("ready: last successful poll {}", ago(last));
+        return Ok(());
+    }
+    if let Some(c) = streams.iter().find(|c| stale(c.last_poll_ms)) {
+        let error = c
+            .last_error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        return Err(not_ready(
+            format!("stream {}{error}: ", c.name),
+            c.last_poll_ms,
+        ));
+    }
+    let oldest = streams.iter().filter_map(|c| c.last_poll_ms).min();
+    println!("ready: last successful poll {}", ago(oldest));
+    Ok(())
+}
+
+/// What `jmafile.types` plans (on stderr, so stdout stays the effective TOML).
+fn print_stream_plan(settings: &Settings) {
+    let plan = crate::poll::streams::plan(&settings.jmafile.types, crate::catalog::get());
+    eprintln!("jmafile: {} PuLL stream(s)", plan.streams.len());
+    for s in &plan.streams {
+        let types = s.types();
+        eprintln!(
+            "  {}: type={}",
+            s.name,
+            if types.is_empty() {
+                "(none: everything)".to_owned()
+            } else {
+                types.join(",")
+            }
+        );
+    }
+    for entry in &plan.unknown {
+        eprintln!(
+            "  warning: {entry:?} matches no data identifier in the built-in catalog (a typo, or a product newer than the catalog?); followed as a prefix"
+        );
+    }
+    for (entry, by) in &plan.covered {
+        eprintln!("  note: {entry:?} is covered by the prefix {by:?}");
     }
 }
 
@@ -589,6 +642,14 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     if report.cursors.is_empty() {
         println!("cursor:   none yet (the daemon has not completed a poll)");
     }
+    let streams = report
+        .cursors
+        .iter()
+        .filter(|c| c.name != crate::poll::archive::CURSOR)
+        .count();
+    if streams > 0 {
+        println!("jmafile streams: {streams}");
+    }
     for c in &report.cursors {
         if c.name == crate::poll::archive::CURSOR {
             println!(
@@ -602,20 +663,28 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
             );
         } else {
             println!(
-                "cursor {}: {}, highest serial {}, interval {} ms, last poll {}",
+                "  {}: types {}; {}; cursor age {} (newest item listed); last poll {}; highest serial {}; interval {} ms",
                 c.name,
-                if c.has_token {
+                if c.types.is_empty() {
+                    "all".to_owned()
+                } else {
+                    c.types.join(",")
+                },
+                if c.backlog {
+                    "paging back a backlog"
+                } else if c.has_token {
                     "following nextPooling"
                 } else {
                     "needs a baseline"
                 },
+                ago(c.last_received_ms),
+                ago(c.last_poll_ms),
                 c.high_serial.map_or("-".into(), |s| s.to_string()),
                 c.interval_ms.map_or("-".into(), |s| s.to_string()),
-                ago(c.last_poll_ms)
             );
         }
         if let Some(e) = &c.last_error {
-            println!("  last poll error ({}): {e}", ago(c.last_error_ms));
+            println!("    last error ({}): {e}", ago(c.last_error_ms));
         }
     }
     println!("items:");

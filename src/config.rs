@@ -156,7 +156,8 @@ impl StorageSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct JmaFileSettings {
     pub enabled: bool,
-    /// Data identifiers: one value is a prefix match, two to five are exact matches.
+    /// Data identifiers (HEADER_VALUES) and prefixes of them, any number: each prefix is a
+    /// PuLL stream of its own, full identifiers go 2–5 to a stream (see `poll::streams`).
     pub types: Vec<String>,
     /// Items per list call (the API allows at most 100).
     pub limit: u32,
@@ -441,15 +442,6 @@ impl Settings {
         }
 
         let jf = &self.jmafile;
-        if jf.types.len() > 5 {
-            return Err(ConfigError::invalid(
-                "jmafile.types",
-                format!(
-                    "{} types given; the API accepts at most 5 (one value is a prefix match)",
-                    jf.types.len()
-                ),
-            ));
-        }
         for (i, t) in jf.types.iter().enumerate() {
             if t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace) {
                 return Err(ConfigError::invalid(
@@ -726,14 +718,24 @@ mod tests {
                 "storage.retention",
             ),
             (
-                &[("JMA_POLLER__JMAFILE__TYPES", "A,B,C,D,E,F")],
-                "jmafile.types",
+                &[("JMA_POLLER__JMAFILE__TYPES", "RDR_GPV,SRF GPV")],
+                "jmafile.types[1]",
             ),
         ];
         for (vars, key) in cases {
             let msg = err_of(load_from(None, env(vars)));
             assert!(msg.contains(key), "{vars:?}: {msg:?} should name {key}");
         }
+    }
+
+    #[test]
+    fn any_number_of_jmafile_types_is_accepted() {
+        // The planner splits them into as many PuLL streams as the API needs.
+        let six = "FLA_GPV_Rjp_ANAL,MET_INF_Jdosha_Ggis1km_ANAL,NOWC_GPV_Ggis1km_Plts10_FH0000-0100,\
+                   RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL,SRF_GPV_Ggis1km_Psw_Fper10min_FH01-06,WPR_SEQ_RS-all_Pww";
+        let six = six.replace(' ', "");
+        let s = load_from(None, env(&[("JMA_POLLER__JMAFILE__TYPES", &six)])).unwrap();
+        assert_eq!(s.jmafile.types.len(), 6);
     }
 
     #[test]

@@ -28,6 +28,19 @@ pub struct Health {
     paused: AtomicBool,
     /// Woken whenever an item lands (the hook runner waits on it).
     landed_signal: tokio::sync::Notify,
+    /// The jmafile PuLL streams, by name: readiness needs every one of them working.
+    streams: Mutex<std::collections::BTreeMap<String, StreamHealth>>,
+}
+
+/// One PuLL stream's part in readiness and the watchdog.
+#[derive(Debug, Clone, Default)]
+struct StreamHealth {
+    /// Last successful poll (unix ms); 0 = none yet.
+    last_ok_ms: i64,
+    /// Its list call is refused for a reason retrying will not fix (a bad `type`).
+    refused: Option<String>,
+    /// The stream's loop checks in before this (unix ms); 0 = no promise.
+    deadline_ms: i64,
 }
 
 impl Default for Health {
@@ -40,6 +53,7 @@ impl Default for Health {
             files: AtomicI64::new(0),
             paused: AtomicBool::new(false),
             landed_signal: tokio::sync::Notify::new(),
+            streams: Mutex::new(Default::default()),
         }
     }
 }
@@ -65,10 +79,73 @@ impl Health {
             .store(now_ms() + within.as_millis() as i64, Ordering::Relaxed);
     }
 
-    /// False when a promise was made and broken: the loop is stuck.
+    /// False when a promise was made and broken: the loop (or one stream's loop) is stuck.
     pub fn alive(&self) -> bool {
         let d = self.deadline_ms.load(Ordering::Relaxed);
-        d == 0 || now_ms() <= d
+        let now = now_ms();
+        (d == 0 || now <= d)
+            && self
+                .streams()
+                .values()
+                .all(|s| s.deadline_ms == 0 || now <= s.deadline_ms)
+    }
+
+    fn streams(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, StreamHealth>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A PuLL stream that readiness waits for (registered before its loop starts).
+    pub fn register_stream(&self, name: &str) {
+        self.streams().entry(name.to_owned()).or_default();
+    }
+
+    /// A stream's loop will check in again within `within` (feeds the watchdog).
+    pub fn promise_for(&self, name: &str, within: Duration) {
+        self.promise(within);
+        self.streams()
+            .entry(name.to_owned())
+            .or_default()
+            .deadline_ms = now_ms() + within.as_millis() as i64;
+    }
+
+    pub fn stream_succeeded(&self, name: &str) {
+        let mut streams = self.streams();
+        let s = streams.entry(name.to_owned()).or_default();
+        s.last_ok_ms = now_ms();
+        s.refused = None;
+    }
+
+    /// The stream's list call is refused for a reason retrying will not fix: readiness fails
+    /// with `reason` until the stream succeeds again.
+    pub fn stream_refused(&self, name: &str, reason: &str) {
+        self.streams().entry(name.to_owned()).or_default().refused = Some(reason.to_owned());
+    }
+
+    /// Why the PuLL streams are not ready, if they are not: one is refused, has not succeeded
+    /// yet, or last succeeded longer than `staleness` ago.
+    pub fn streams_not_ready(&self, staleness: Duration) -> Option<String> {
+        let now = now_ms();
+        let streams = self.streams();
+        // A refusal says what to fix: it comes first.
+        if let Some(reason) = streams.values().find_map(|s| s.refused.clone()) {
+            return Some(reason);
+        }
+        for (name, s) in streams.iter() {
+            if s.last_ok_ms == 0 {
+                return Some(format!("stream {name}: no successful poll yet"));
+            }
+            let ago = now - s.last_ok_ms;
+            if ago > staleness.as_millis() as i64 {
+                return Some(format!(
+                    "stream {name}: last successful poll {}s ago (server.ready_staleness is {}s)",
+                    ago / 1000,
+                    staleness.as_secs()
+                ));
+            }
+        }
+        None
     }
 
     pub fn last_success_ms(&self) -> Option<i64> {

@@ -2,6 +2,7 @@
 //! and never loses an item.
 //!
 //! The parts, one module each:
+//! * [`catalog`] — the provider's catalog of jmafile products (identifiers, file names).
 //! * [`config`] — layered settings (defaults → TOML → `JMA_POLLER__*` env), validation.
 //! * [`api`] — the dmdata.jp client: auth, trusted hosts, request budgets, typed errors.
 //! * [`state`] — the SQLite store (cursor, items, request log): the only SQL in the crate.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod app;
 pub mod backfill;
 pub mod backoff;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod download;

@@ -60,6 +60,14 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
             .into_response();
     }
     if let Some(staleness) = ctx.staleness {
+        // Every PuLL stream must work, not just one of them.
+        if let Some(reason) = ctx.health.streams_not_ready(staleness) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {reason}\n"),
+            )
+                .into_response();
+        }
         match ctx.health.last_success_ms() {
             None => {
                 return (

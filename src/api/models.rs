@@ -57,6 +57,9 @@ fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> 
 pub struct ListPage {
     #[serde(default)]
     pub status: Option<String>,
+    /// When the server answered; stands in for an item's missing `receivedTime`.
+    #[serde(default)]
+    pub response_time: Option<String>,
     pub items: Vec<serde_json::Value>,
     #[serde(default)]
     pub next_token: Option<String>,
@@ -110,6 +113,40 @@ pub struct FileHeader {
     #[serde(deserialize_with = "lenient_u64")]
     pub length: u64,
     pub filename: String,
+    /// HEADER_VALUES split on `_`: the data identifier the `type` filter matches. Kept as
+    /// raw JSON so an odd value costs only the identifier, never the item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<serde_json::Value>,
+}
+
+impl JmaFileItem {
+    /// The data identifier (HEADER_VALUES): `headers[0].values` joined by `_`, or, when they
+    /// are missing, read from the file name (`Z__C_{author}_{yyyyMMddHHmmss}_{id}_{tail}`).
+    pub fn identifier(&self) -> Option<String> {
+        let first = self.headers.first()?;
+        if let Some(serde_json::Value::Array(values)) = &first.values {
+            let parts: Option<Vec<&str>> = values.iter().map(|v| v.as_str()).collect();
+            if let Some(parts) = parts.filter(|p| !p.is_empty()) {
+                return Some(parts.join("_"));
+            }
+        }
+        identifier_from_name(&first.filename)
+    }
+}
+
+/// The identifier part of a JMA file name: `Z__C_RJTD_20240525083000_SRF_GPV_…_FH01-06_grib2.bin`
+/// → `SRF_GPV_…_FH01-06`; bundles `Z__C_COMP_{ts}_{id}_{count}.tar.gz` likewise.
+pub fn identifier_from_name(name: &str) -> Option<String> {
+    let body = name
+        .strip_prefix("Z__C_")
+        .or_else(|| name.strip_prefix("Z__"))?;
+    let (_author, rest) = body.split_once('_')?;
+    let (stamp, rest) = rest.split_once('_')?;
+    if stamp.len() != 14 || !stamp.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (id, _tail) = rest.rsplit_once('_')?;
+    (!id.is_empty()).then(|| id.to_owned())
 }
 
 /// The docs spell these `oflag`/`productidentifier`, the official TS types
@@ -287,6 +324,34 @@ mod tests {
         assert_eq!(a.date, time::macros::date!(2023 - 04 - 01));
         let bad = serde_json::json!({"id": "x", "classification": "c", "date": "April 1st", "fileSize": 1, "url": "u"});
         assert!(serde_json::from_value::<ArchiveItem>(bad).is_err());
+    }
+
+    #[test]
+    fn the_identifier_comes_from_values_or_else_the_file_name() {
+        let page: ListPage = serde_json::from_str(DOC_EXAMPLE).unwrap();
+        let mut item: JmaFileItem = serde_json::from_value(page.items[0].clone()).unwrap();
+        assert_eq!(
+            item.identifier().as_deref(),
+            Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL")
+        );
+        item.headers[0].values = None;
+        assert_eq!(
+            item.identifier().as_deref(),
+            Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL"),
+            "from the name"
+        );
+        item.headers[0].values = Some(serde_json::json!(["RDR", 5]));
+        assert_eq!(
+            item.identifier().as_deref(),
+            Some("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL"),
+            "odd values: from the name"
+        );
+        assert_eq!(
+            identifier_from_name("Z__C_COMP_20261124105401_OBS_AMDSCC_004.tar.gz").as_deref(),
+            Some("OBS_AMDSCC")
+        );
+        assert_eq!(identifier_from_name("Z__C_RJTD_2026_X_grib2.bin"), None);
+        assert_eq!(identifier_from_name("a.bin"), None);
     }
 
     #[test]

@@ -276,6 +276,7 @@ mod tests {
             format: None,
             length,
             filename: name.into(),
+            values: None,
         }
     }
 

@@ -128,6 +128,7 @@ pub async fn list_archives(
                         plan,
                         path,
                         refused,
+                        type_name: None,
                     });
                 }
                 Err(e) => {

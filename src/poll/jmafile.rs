@@ -1,6 +1,10 @@
 //! JmaFile PuLL: `GET /v2/jmafile`, following `nextPooling` as the next `cursorToken`.
 //!
-//! The poller is a small state machine kept in the `cursors` row, advanced one list call per
+//! One poller per planned stream ([`super::streams`]): each has its own `cursors` row, backlog
+//! and schedule; all of them share one pacing of list calls ([`list_pacer`]) so that together
+//! they stay below the provider's 2 list requests per second, however many there are.
+//!
+//! The poller is a small state machine kept in its `cursors` row, advanced one list call per
 //! step, and each step commits its items together with the new cursor state in one
 //! transaction:
 //!
@@ -17,6 +21,14 @@
 //!   ignored by id), so an odd or out-of-order serial upstream cannot hide an item.
 //! * A full PuLL page without `nextToken` (undocumented) may hide older items: the next step
 //!   lists without a cursor and pages back to the watermark.
+//! * A **new stream** (a type added, groups changed) has no cursor: it starts from the newest
+//!   item the mirror holds for its types (listing back to that serial, nothing from scratch)
+//!   and backfills `jmafile.backfill` for types never seen.
+//! * A **refused cursor**: any HTTP 400 to a request that carried a cursor, twice in a row (at
+//!   once for the documented `cursorToken` message), drops it and re-baselines as above. A 400
+//!   to a request without a cursor is not the cursor's fault (a bad `type`, say): an error
+//!   naming `jmafile.types`, readiness failing, a long backoff, never a re-baseline loop.
+//! * `datetime` never reaches back further than the month the API keeps ([`API_KEEPS`]).
 //!
 //! Cancellation: the loop stops at waits and while a list call is in flight; a commit that has
 //! started always finishes.
@@ -32,7 +44,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::FailureLog;
+use super::streams::{Filter, Stream};
+use super::{FailureLog, Pacer};
 use crate::api::models::{JmaFileItem, ListPage, raw_identity};
 use crate::api::{ApiError, Client};
 use crate::config::JmaFileSettings;
@@ -40,7 +53,8 @@ use crate::download::plan::plan_jmafile;
 use crate::health::Health;
 use crate::state::{Cursor, NewItem, Source, Store, StoreError, now_ms};
 
-pub const CURSOR: &str = "jmafile";
+/// The cursor of the stream without `type` (the only one before streams existed).
+pub const CURSOR: &str = super::streams::ALL;
 const ENDPOINT: &str = "/v2/jmafile";
 /// Paging guard: a backlog longer than this many pages is abandoned (logged as an error). The
 /// provider keeps a month of data; 1000 pages of 100 is far beyond a filtered subscription.
@@ -55,6 +69,24 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 const BASELINE_SLACK: Duration = Duration::from_secs(86_400);
 /// Wait after the key is refused later in the run (it may be fixed upstream).
 const AUTH_BACKOFF: Duration = Duration::from_secs(300);
+/// The API lists about a month of data; a `datetime` start further back is never sent (a
+/// range outside the kept period has made the provider's lists misbehave).
+pub const API_KEEPS: Duration = Duration::from_secs(30 * 86_400);
+/// Backoff after a list call refused with 400 even without a cursor (a configuration
+/// problem): first retry after this, doubling up to [`REFUSED_MAX`].
+const REFUSED_BACKOFF: Duration = Duration::from_secs(60);
+const REFUSED_MAX: Duration = Duration::from_secs(900);
+
+/// Shortest time between two jmafile list calls, across all streams.
+pub const LIST_GAP: Duration = Duration::from_millis(600);
+
+/// The pacing all PuLL streams share: one list call every [`LIST_GAP`] at most (1.67 per
+/// second, never more than 2 in any second), first come first served, so together they stay
+/// below the provider's "2 list requests per second" (§9) however many streams there are.
+/// Each stream still waits its own `nextPoolingInterval` on top.
+pub fn list_pacer() -> Pacer {
+    Pacer::new(LIST_GAP)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PollError {
@@ -62,6 +94,13 @@ pub enum PollError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// HTTP 400 to a jmafile list call; `with_cursor` says whether it carried a cursorToken.
+    #[error("{source}")]
+    Refused {
+        with_cursor: bool,
+        #[source]
+        source: ApiError,
+    },
 }
 
 /// Filters a cursor was made with; the API wants them resent with every cursorToken.
@@ -71,6 +110,20 @@ struct Query {
     /// `datetime` lower bound (UTC, `YYYY-MM-DDTHH:MM:SS`); items older than it are not
     /// wanted (the backfill horizon).
     since: Option<String>,
+    /// Identifiers of the stream never seen in the mirror when it started (a type added to a
+    /// group): their items are recorded only from `fresh_since` (the backfill window), while
+    /// the stream lists further back for its other identifiers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    fresh: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fresh_since: Option<String>,
+}
+
+/// The `type` values a stored cursor was made with (None: not a cursor of ours).
+pub fn stored_types(cursor: &Cursor) -> Option<Vec<String>> {
+    serde_json::from_str::<Query>(&cursor.query)
+        .ok()
+        .map(|q| q.types)
 }
 
 /// Outcome of one step.
@@ -84,6 +137,9 @@ pub struct PollReport {
     pub more: bool,
     /// nextPoolingInterval of this response: the earliest the next head poll may go out.
     pub interval: Duration,
+    /// Items the server sent that this stream does not want (a lone identifier's
+    /// over-matches), not recorded.
+    pub dropped: usize,
 }
 
 /// One entry of a page: parsed, or malformed with whatever identity it has.
@@ -98,7 +154,10 @@ enum Entry {
 }
 
 impl Entry {
-    fn parse(raw: serde_json::Value) -> Entry {
+    /// Parses one entry. An entry without `receivedTime` or `format` (the oldest official
+    /// types had neither) takes the response's `responseTime` and `headers[0].format`.
+    fn parse(mut raw: serde_json::Value, response_time: Option<&str>) -> Entry {
+        fill_in_optional_fields(&mut raw, response_time);
         match serde_json::from_value::<JmaFileItem>(raw.clone()) {
             Ok(item) => Entry::Ok(item),
             Err(e) => {
@@ -114,10 +173,47 @@ impl Entry {
     }
 }
 
+/// Supplies `receivedTime` (the response's time, else now) and `format` (`headers[0].format`)
+/// when an entry lacks them, with a DEBUG line.
+fn fill_in_optional_fields(raw: &mut serde_json::Value, response_time: Option<&str>) {
+    let Some(obj) = raw.as_object_mut() else {
+        return;
+    };
+    let id = obj
+        .get("id")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
+    if obj.get("receivedTime").is_none_or(|v| v.is_null()) {
+        let time = response_time.map(str::to_owned).unwrap_or_else(|| {
+            OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        });
+        debug!(event = "field_filled", id = %id, field = "receivedTime", value = %time, "entry without receivedTime; using the response time");
+        obj.insert("receivedTime".into(), serde_json::Value::String(time));
+    }
+    if obj.get("format").is_none_or(|v| v.is_null()) {
+        let format = obj
+            .get("headers")
+            .and_then(|h| h.get(0))
+            .and_then(|h| h.get("format"))
+            .filter(|f| f.is_string())
+            .cloned();
+        if let Some(format) = format {
+            debug!(event = "field_filled", id = %id, field = "format", value = %format, "entry without format; using headers[0].format");
+            obj.insert("format".into(), format);
+        }
+    }
+}
+
 pub struct JmaFilePoller {
     client: Arc<Client>,
     store: Store,
     settings: JmaFileSettings,
+    stream: Stream,
+    /// Shared by every stream (see [`list_pacer`]).
+    pacer: Arc<Pacer>,
     max_size: u64,
     /// `storage.retention`: nothing older is listed again (it may have been removed on purpose).
     retention: Option<Duration>,
@@ -157,10 +253,13 @@ fn time_to_ms(t: OffsetDateTime) -> i64 {
 }
 
 impl JmaFilePoller {
+    #[allow(clippy::too_many_arguments)] // the parts it shares with the other tasks
     pub fn new(
         client: Arc<Client>,
         store: Store,
         settings: JmaFileSettings,
+        stream: Stream,
+        pacer: Arc<Pacer>,
         max_size: u64,
         retention: Option<Duration>,
         wake: Arc<Notify>,
@@ -170,6 +269,8 @@ impl JmaFilePoller {
             client,
             store,
             settings,
+            stream,
+            pacer,
             max_size,
             retention,
             wake,
@@ -178,80 +279,144 @@ impl JmaFilePoller {
         }
     }
 
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Nothing before this is listed: the retention horizon and the month the API keeps.
+    fn floor(&self, now: OffsetDateTime) -> OffsetDateTime {
+        let keeps = now - API_KEEPS;
+        match self.retention {
+            Some(r) => keeps.max(now - r),
+            None => keeps,
+        }
+    }
+
+    /// A stream without a cursor of its own (new, or regrouped): it starts from the newest item
+    /// the mirror holds for each of its types, listing back to that serial (nothing from
+    /// scratch, no gap), and backfills `jmafile.backfill` for types never seen.
+    async fn start(&self, now: OffsetDateTime) -> Result<(Cursor, Query), PollError> {
+        let newest = self.store.newest_listed(&self.stream.matches()).await?;
+        let backfill_from = now - self.settings.backfill;
+        let seen: Vec<(u64, i64)> = newest.iter().flatten().copied().collect();
+        let oldest_seen = seen.iter().map(|(_, ms)| *ms).min();
+        let all_seen =
+            !seen.is_empty() && seen.len() == newest.len() && self.stream.filter != Filter::All;
+        let mut cursor = Cursor::default();
+        let mut query = Query {
+            types: self.stream.types(),
+            ..Query::default()
+        };
+        let since = if all_seen {
+            cursor.high_serial = seen.iter().map(|(s, _)| *s).min();
+            cursor.last_received_ms = oldest_seen;
+            ms_to_time(oldest_seen.unwrap_or(0)) - BASELINE_SLACK
+        } else {
+            if let Filter::Exact(ids) = &self.stream.filter {
+                query.fresh = ids
+                    .iter()
+                    .zip(&newest)
+                    .filter(|(_, n)| n.is_none())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if !seen.is_empty() {
+                    query.fresh_since = Some(utc_stamp(backfill_from));
+                }
+            }
+            oldest_seen.map_or(backfill_from, |ms| {
+                backfill_from.min(ms_to_time(ms) - BASELINE_SLACK)
+            })
+        };
+        let since = since.max(self.floor(now));
+        query.since = Some(utc_stamp(since));
+        info!(
+            event = "stream_start",
+            stream = %self.stream.name,
+            types = ?query.types,
+            from_serial = cursor.high_serial,
+            since = %utc_stamp(since),
+            backfill = ?query.fresh,
+            "{}",
+            if all_seen {
+                "new stream: listing back to the newest item the mirror holds for its types"
+            } else {
+                "new stream: backfilling the types never seen before"
+            }
+        );
+        Ok((cursor, query))
+    }
+
     /// One step: one list call, then its items and the new cursor state in one transaction.
     /// The network half is safe to cancel (nothing is written before the response is in).
     pub async fn poll_once(&self) -> Result<PollReport, PollError> {
-        let stored = self.store.cursor(CURSOR).await?.unwrap_or_default();
-        let mut cursor = stored.clone();
-        let mut query: Query = serde_json::from_str(&cursor.query).unwrap_or_default();
+        let name = self.stream.name.as_str();
         let now = OffsetDateTime::now_utc();
-        let floor = self.retention.map(|r| now - r);
-
-        let following = cursor.token.is_some() || cursor.backlog_token.is_some();
-        if following && query.types != self.settings.types {
-            // New filters: list them afresh over the backfill window, and at least back to the
-            // newest item we had, so nothing that arrived meanwhile is skipped.
-            let mut horizon = now - self.settings.backfill;
-            if let Some(ms) = cursor.last_received_ms {
-                horizon = horizon.min(ms_to_time(ms) - BASELINE_SLACK);
+        let floor = self.floor(now);
+        let (cursor, mut query) = match self.store.cursor(name).await? {
+            // Ours once a step has committed it (a row made by an error alone is not).
+            Some(c)
+                if c.last_poll_ms.is_some()
+                    && stored_types(&c).as_deref() == Some(&self.stream.types()[..]) =>
+            {
+                let q: Query = serde_json::from_str(&c.query).unwrap_or_default();
+                (c, q)
             }
-            info!(
-                event = "types_changed",
-                from = ?query.types,
-                to = ?self.settings.types,
-                "jmafile.types changed; listing the new set from {}",
-                utc_stamp(horizon)
-            );
-            cursor = Cursor {
-                last_received_ms: cursor.last_received_ms,
-                ..Cursor::default()
-            };
-            query = Query {
-                types: self.settings.types.clone(),
-                since: Some(utc_stamp(horizon)),
-            };
-        }
+            previous => {
+                let (mut c, q) = self.start(now).await?;
+                // The schedule survives a restart even when the position does not.
+                if let Some(p) = previous {
+                    c.interval_ms = p.interval_ms;
+                    c.last_poll_ms = p.last_poll_ms;
+                }
+                (c, q)
+            }
+        };
 
         let backlog = cursor.backlog_token.clone();
         let head_token = cursor.token.clone();
         if backlog.is_none() && head_token.is_none() {
-            // A baseline: the first start, or a refused cursor (back to the newest known item).
+            // A baseline: a new stream (see `start`), or a refused cursor (back to the newest
+            // known item).
             let horizon = match (cursor.high_serial, cursor.last_received_ms) {
                 (Some(_), Some(ms)) => ms_to_time(ms) - BASELINE_SLACK,
-                _ => match &query.since {
-                    Some(since) if query.types == self.settings.types => {
-                        crate::api::models::parse_time(since)
-                            .unwrap_or(now - self.settings.backfill)
-                    }
-                    _ => now - self.settings.backfill,
-                },
+                _ => query
+                    .since
+                    .as_deref()
+                    .and_then(|s| crate::api::models::parse_time(s).ok())
+                    .unwrap_or(now - self.settings.backfill),
             };
-            let horizon = floor.map_or(horizon, |f| horizon.max(f));
-            query = Query {
-                types: self.settings.types.clone(),
-                since: Some(utc_stamp(horizon)),
-            };
+            query.types = self.stream.types();
+            query.since = Some(utc_stamp(horizon.max(floor)));
         }
+        // Never further back than the API keeps or retention allows, even for a cursor made
+        // long ago (the filters are resent with every cursorToken).
         let horizon = query
             .since
             .as_deref()
-            .and_then(|s| crate::api::models::parse_time(s).ok());
-        let horizon = match (horizon, floor) {
-            (Some(h), Some(f)) => Some(h.max(f)),
-            (h, f) => h.or(f),
-        };
+            .and_then(|s| crate::api::models::parse_time(s).ok())
+            .map_or(floor, |h| h.max(floor));
 
         let mut params: Vec<(&str, String)> = vec![("limit", self.settings.limit.to_string())];
         if !query.types.is_empty() {
             params.push(("type", query.types.join(",")));
         }
-        if let Some(since) = &query.since {
-            params.push(("datetime", format!("{since}~")));
-        }
-        if let Some(t) = backlog.as_ref().or(head_token.as_ref()) {
+        params.push(("datetime", format!("{}~", utc_stamp(horizon))));
+        let sent_cursor = backlog.as_ref().or(head_token.as_ref());
+        if let Some(t) = sent_cursor {
             params.push(("cursorToken", t.clone()));
         }
-        let page: ListPage = self.client.list(ENDPOINT, &params).await?;
+        let with_cursor = sent_cursor.is_some();
+        self.pacer.wait().await;
+        let page: ListPage = match self.client.list(ENDPOINT, &params).await {
+            Ok(page) => page,
+            Err(e) if is_bad_request(&e) => {
+                return Err(PollError::Refused {
+                    with_cursor,
+                    source: e,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.step(
             page,
             cursor,
@@ -271,7 +436,7 @@ impl JmaFilePoller {
         query: Query,
         is_backlog: bool,
         is_pull: bool,
-        horizon: Option<OffsetDateTime>,
+        horizon: OffsetDateTime,
     ) -> Result<PollReport, PollError> {
         let interval = page
             .next_pooling_interval
@@ -280,15 +445,20 @@ impl JmaFilePoller {
             .clamp(MIN_INTERVAL, Duration::from_secs(3600));
         let watermark = cursor.high_serial;
         let full = page.items.len() >= self.settings.limit as usize;
+        let fresh_since = query
+            .fresh_since
+            .as_deref()
+            .and_then(|s| crate::api::models::parse_time(s).ok());
         let mut reached = false;
         let mut page_high: Option<u64> = None;
+        let mut dropped = 0;
         let mut entries = Vec::with_capacity(page.items.len());
         for raw in page.items {
-            let entry = Entry::parse(raw);
+            let entry = Entry::parse(raw, page.response_time.as_deref());
             if let Entry::Ok(item) = &entry {
                 let ms = time_to_ms(item.received_time);
                 cursor.last_received_ms = Some(cursor.last_received_ms.map_or(ms, |l| l.max(ms)));
-                if horizon.is_some_and(|h| item.received_time < h) {
+                if item.received_time < horizon {
                     reached = true;
                     continue;
                 }
@@ -298,8 +468,23 @@ impl JmaFilePoller {
                     reached = true;
                 }
                 page_high = Some(page_high.map_or(item.serial, |h| h.max(item.serial)));
+                let identifier = item.identifier();
+                let before_backfill = fresh_since.is_some_and(|f| item.received_time < f)
+                    && identifier.as_ref().is_some_and(|i| query.fresh.contains(i));
+                if !self.stream.keeps(identifier.as_deref()) || before_backfill {
+                    dropped += 1;
+                    continue;
+                }
             }
             entries.push(entry);
+        }
+        if dropped > 0 {
+            debug!(
+                event = "items_dropped",
+                stream = %self.stream.name,
+                dropped,
+                "items the stream does not want (a lone identifier is a prefix match upstream, or older than the backfill of a new type)"
+            );
         }
         let paging_on = page.next_token.is_some() && !reached;
         let mut more = false;
@@ -312,6 +497,7 @@ impl JmaFilePoller {
                 if paging_on {
                     error!(
                         event = "paging_capped",
+                        stream = %self.stream.name,
                         pages,
                         "stopped paging back after {pages} pages; older items of this backlog may be missing \
                          (narrow jmafile.types?)"
@@ -338,6 +524,7 @@ impl JmaFilePoller {
             } else if is_pull && full && page.next_token.is_none() && !reached {
                 warn!(
                     event = "full_page",
+                    stream = %self.stream.name,
                     items = entries.len(),
                     "a full PuLL page came without nextToken; listing again without a cursor, back to the last known serial, so nothing is skipped"
                 );
@@ -348,13 +535,51 @@ impl JmaFilePoller {
             }
         }
 
+        let items = self.new_items(entries);
+        let now = now_ms();
+        cursor.query = serde_json::to_string(&query).unwrap_or_else(|_| "{}".into());
+        cursor.interval_ms = Some(interval.as_millis() as i64);
+        cursor.last_poll_ms = Some(now);
+        let committed = self
+            .store
+            .commit_poll(&self.stream.name, &cursor, &items, now)
+            .await?;
+        for (item, new) in items.iter().zip(&committed.new) {
+            if let (true, Some(reason)) = (*new, &item.refused) {
+                error!(
+                    event = "item_refused",
+                    source = "jmafile",
+                    id = %item.id,
+                    serial = item.serial,
+                    classification = %item.classification,
+                    error = %reason,
+                    "item refused without fetching; it stays failed (see `jma-poller status`)"
+                );
+            }
+        }
+        if committed.inserted > 0 {
+            self.wake.notify_waiters();
+        }
+        Ok(PollReport {
+            new: committed.inserted,
+            refused: committed.refused,
+            backlog: is_backlog,
+            more,
+            interval,
+            dropped,
+        })
+    }
+
+    /// The page's entries as rows to record, oldest first (so arrival order and insertion
+    /// order agree); an entry without an id cannot be recorded and is logged instead.
+    fn new_items(&self, entries: Vec<Entry>) -> Vec<NewItem> {
         let trusted = self.client.trusted();
         let mut items = Vec::with_capacity(entries.len());
-        // Oldest first, so arrival order and insertion order agree.
         for entry in entries.into_iter().rev() {
             match entry {
                 Entry::Ok(item) => {
                     let received_ms = Some(time_to_ms(item.received_time));
+                    let type_name = item.identifier();
                     let (plan, path, refused) = match plan_jmafile(&item, trusted, self.max_size) {
                         Ok(p) => (Some(p.plan), Some(p.rel_path), None),
                         Err(e) => (None, None, Some(e.to_string())),
@@ -369,6 +594,7 @@ impl JmaFilePoller {
                         plan,
                         path,
                         refused,
+                        type_name,
                     });
                 }
                 Entry::Bad {
@@ -399,41 +625,15 @@ impl JmaFilePoller {
                 }
             }
         }
-        let now = now_ms();
-        cursor.query = serde_json::to_string(&query).unwrap_or_else(|_| "{}".into());
-        cursor.interval_ms = Some(interval.as_millis() as i64);
-        cursor.last_poll_ms = Some(now);
-        let committed = self.store.commit_poll(CURSOR, &cursor, &items, now).await?;
-        for (item, new) in items.iter().zip(&committed.new) {
-            if let (true, Some(reason)) = (*new, &item.refused) {
-                error!(
-                    event = "item_refused",
-                    source = "jmafile",
-                    id = %item.id,
-                    serial = item.serial,
-                    classification = %item.classification,
-                    error = %reason,
-                    "item refused without fetching; it stays failed (see `jma-poller status`)"
-                );
-            }
-        }
-        if committed.inserted > 0 {
-            self.wake.notify_waiters();
-        }
-        Ok(PollReport {
-            new: committed.inserted,
-            refused: committed.refused,
-            backlog: is_backlog,
-            more,
-            interval,
-        })
+        items
     }
 
     /// Polls until `cancel`. Returns an error only when the key is refused on the very first
     /// request of the process (a misconfiguration that retrying cannot fix).
     pub async fn run(self, cancel: CancellationToken) -> Result<(), ApiError> {
+        let name = self.stream.name.clone();
         let mut next_at = Instant::now();
-        match self.store.cursor(CURSOR).await {
+        match self.store.cursor(&name).await {
             Ok(Some(Cursor {
                 last_poll_ms: Some(last),
                 interval_ms: Some(interval),
@@ -448,87 +648,74 @@ impl JmaFilePoller {
             }
             Ok(_) => {}
             Err(e) => {
-                warn!(event = "poll_failed", error = %e, "cannot read the cursor; will retry")
+                warn!(event = "poll_failed", stream = %name, error = %e, "cannot read the cursor; will retry")
             }
         }
         let mut failures = FailureLog::default();
         let mut contacted = false;
+        // HTTP 400s in a row to requests that carried a cursor.
+        let mut cursor_refusals = 0u32;
         // The watchdog is fed while the loop keeps these promises (see `health`).
         let grace = self.client.list_timeout() + Duration::from_secs(60);
         loop {
-            self.health
-                .promise(next_at.saturating_duration_since(Instant::now()) + grace);
+            self.health.promise_for(
+                &name,
+                next_at.saturating_duration_since(Instant::now()) + grace,
+            );
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(next_at) => {}
             }
-            self.health.promise(grace);
+            self.health.promise_for(&name, grace);
             let started = Instant::now();
             let result = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 r = self.poll_once() => r,
             };
             match &result {
-                Ok(report) => {
+                Ok(_) => {
                     self.health.poll_succeeded("jmafile");
+                    self.health.stream_succeeded(&name);
                     metrics::counter!("jma_poller_polls_total", "source" => "jmafile", "result" => "ok").increment(1);
-                    metrics::counter!("jma_poller_items_listed_total", "source" => "jmafile")
-                        .increment((report.new + report.refused) as u64);
                 }
                 Err(e) => {
                     self.health.poll_failed(&e.to_string());
                     metrics::counter!("jma_poller_polls_total", "source" => "jmafile", "result" => "error").increment(1);
                 }
             }
+            if !matches!(result, Err(PollError::Refused { .. })) {
+                cursor_refusals = 0;
+            }
             let wait = match result {
                 Ok(report) => {
                     contacted = true;
-                    let recovered = failures.recovered();
-                    if recovered > 0 {
-                        info!(
-                            event = "poll_recovered",
-                            failures = recovered,
-                            "polling works again after {recovered} failed attempt(s)"
-                        );
-                    }
-                    let ms = started.elapsed().as_millis() as u64;
-                    if report.new > 0 || report.refused > 0 {
-                        info!(
-                            event = "poll",
-                            new = report.new,
-                            refused = report.refused,
-                            backlog = report.backlog,
-                            ms,
-                            "listed {} new item(s)",
-                            report.new + report.refused
-                        );
-                    } else {
-                        debug!(
-                            event = "poll",
-                            new = 0,
-                            backlog = report.backlog,
-                            ms,
-                            "no new items"
-                        );
-                    }
-                    if report.more {
-                        // Paging back a backlog: the next page goes out at once (the api
-                        // budget paces it); the interval applies to head polls.
+                    if self.report(&report, &mut failures, started) {
+                        // Paging back a backlog: the next page goes out at once (the shared
+                        // pacing and the api budget space it); the interval applies to head
+                        // polls.
                         next_at = Instant::now();
                         continue;
                     }
                     report.interval
                 }
-                Err(PollError::Api(ApiError::InvalidCursor { message, .. })) => {
-                    warn!(
-                        event = "cursor_refused",
-                        error = %message,
-                        "the API refused the stored cursor (expired?); listing again from the newest known item, without gaps"
-                    );
-                    if let Err(e) = self.store.clear_cursor_token(CURSOR).await {
-                        error!(event = "poll_failed", error = %e, "cannot clear the cursor");
+                Err(PollError::Refused {
+                    with_cursor: true,
+                    source,
+                }) => {
+                    contacted = true;
+                    cursor_refusals += 1;
+                    self.cursor_refused(&source, cursor_refusals).await;
+                    if cursor_refusals >= 2 || matches!(source, ApiError::InvalidCursor { .. }) {
+                        cursor_refusals = 0;
                     }
                     self.interval_hint().await
+                }
+                Err(PollError::Refused {
+                    with_cursor: false,
+                    source,
+                }) => {
+                    contacted = true;
+                    self.types_refused(&source, &mut failures).await
                 }
                 Err(PollError::Api(e)) if e.is_auth() => {
                     if !contacted {
@@ -537,6 +724,7 @@ impl JmaFilePoller {
                     if failures.failed("auth") {
                         error!(
                             event = "auth_refused",
+                            stream = %name,
                             error = %e,
                             "the API key was refused; check api.key / api.key_file and the key's permissions in the dmdata.jp console. Retrying every {}s",
                             AUTH_BACKOFF.as_secs()
@@ -544,54 +732,11 @@ impl JmaFilePoller {
                     }
                     let _ = self
                         .store
-                        .record_poll_error(CURSOR, &e.to_string(), now_ms())
+                        .record_stream_error(&name, &self.query_json(), &e.to_string(), now_ms())
                         .await;
                     crate::backoff::delay(2, AUTH_BACKOFF, AUTH_BACKOFF * 2)
                 }
-                Err(e) => {
-                    let (kind, transient, retry_after) = match &e {
-                        PollError::Api(a) if a.is_certificate() => ("tls", false, None),
-                        PollError::Api(a) => ("api", a.is_transient(), a.retry_after()),
-                        PollError::Store(_) => ("store", true, None),
-                    };
-                    let floor = self.interval_hint().await;
-                    let n = failures.consecutive + 1;
-                    let base = if transient {
-                        Duration::from_secs(2)
-                    } else {
-                        Duration::from_secs(30)
-                    };
-                    let wait = crate::backoff::honour_retry_after(
-                        crate::backoff::delay(n, base, Duration::from_secs(300)).max(floor),
-                        retry_after,
-                        Duration::from_secs(3600),
-                    );
-                    let logged = failures.failed(kind);
-                    if logged && kind == "tls" {
-                        error!(
-                            event = "tls_refused",
-                            error = %e,
-                            attempt = n,
-                            retry_in_ms = wait.as_millis() as u64,
-                            "poll failed: the server's TLS certificate was refused; backing off"
-                        );
-                    } else if logged {
-                        warn!(
-                            event = "poll_failed",
-                            error = %e,
-                            attempt = n,
-                            retry_in_ms = wait.as_millis() as u64,
-                            "poll failed; backing off"
-                        );
-                    } else {
-                        debug!(event = "poll_failed", error = %e, attempt = n, "poll failed again");
-                    }
-                    let _ = self
-                        .store
-                        .record_poll_error(CURSOR, &e.to_string(), now_ms())
-                        .await;
-                    wait
-                }
+                Err(e) => self.failed(&e, &mut failures).await,
             };
             // Never sooner than the interval after the last response; up to 10 % later so
             // many clients do not poll in lockstep.
@@ -599,8 +744,168 @@ impl JmaFilePoller {
         }
     }
 
+    /// Logs a successful step; true when a backlog page should follow at once.
+    fn report(&self, report: &PollReport, failures: &mut FailureLog, started: Instant) -> bool {
+        metrics::counter!("jma_poller_items_listed_total", "source" => "jmafile")
+            .increment((report.new + report.refused) as u64);
+        let recovered = failures.recovered();
+        if recovered > 0 {
+            info!(
+                event = "poll_recovered",
+                stream = %self.stream.name,
+                failures = recovered,
+                "polling works again after {recovered} failed attempt(s)"
+            );
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        if report.new > 0 || report.refused > 0 {
+            info!(
+                event = "poll",
+                stream = %self.stream.name,
+                new = report.new,
+                refused = report.refused,
+                backlog = report.backlog,
+                ms,
+                "listed {} new item(s)",
+                report.new + report.refused
+            );
+        } else {
+            debug!(
+                event = "poll",
+                stream = %self.stream.name,
+                new = 0,
+                backlog = report.backlog,
+                ms,
+                "no new items"
+            );
+        }
+        report.more
+    }
+
+    /// A 400 to a request that carried a cursor: the documented `cursorToken` message drops
+    /// the cursor at once; any other message on the second time in a row (one WARN line
+    /// either way). The next step lists without it, back to the newest known item.
+    async fn cursor_refused(&self, error: &ApiError, in_a_row: u32) {
+        let documented = matches!(error, ApiError::InvalidCursor { .. });
+        if !documented && in_a_row < 2 {
+            debug!(
+                event = "cursor_refused_once",
+                stream = %self.stream.name,
+                error = %error,
+                "HTTP 400 to a request with a cursor; trying the same cursor once more before dropping it"
+            );
+            return;
+        }
+        warn!(
+            event = "cursor_refused",
+            stream = %self.stream.name,
+            error = %error,
+            "the API refused the stored cursor (expired?); listing again from the newest known item, without gaps"
+        );
+        if let Err(e) = self.store.clear_cursor_token(&self.stream.name).await {
+            error!(event = "poll_failed", stream = %self.stream.name, error = %e, "cannot clear the cursor");
+        }
+    }
+
+    /// A 400 to a request without a cursor: the request itself is refused, most likely a
+    /// `type` value. Retrying soon would not help, re-baselining neither: an ERROR line naming
+    /// the setting, readiness failing with it, and a long backoff.
+    async fn types_refused(&self, error: &ApiError, failures: &mut FailureLog) -> Duration {
+        let n = failures.consecutive + 1;
+        let wait = crate::backoff::delay(n, REFUSED_BACKOFF, REFUSED_MAX);
+        let types = self.stream.types();
+        let reason = format!(
+            "jmafile.types: the API refuses the list call of stream {} (type={}) even without a cursor: {error}",
+            self.stream.name,
+            if types.is_empty() {
+                "none".to_owned()
+            } else {
+                types.join(",")
+            }
+        );
+        if failures.failed("refused") {
+            error!(
+                event = "types_refused",
+                stream = %self.stream.name,
+                types = ?types,
+                error = %error,
+                retry_in_ms = wait.as_millis() as u64,
+                "jmafile.types: the API refuses this stream's list call (HTTP 400) even without a cursor, so the request itself is wrong, most likely a `type` value; check jmafile.types against the data identifiers of your contract. Retrying with backoff"
+            );
+        }
+        self.health.stream_refused(&self.stream.name, &reason);
+        let _ = self
+            .store
+            .record_stream_error(&self.stream.name, &self.query_json(), &reason, now_ms())
+            .await;
+        wait
+    }
+
+    /// Any other failure: backoff with jitter, honouring Retry-After, logged once per change.
+    async fn failed(&self, e: &PollError, failures: &mut FailureLog) -> Duration {
+        let (kind, transient, retry_after) = match e {
+            PollError::Api(a) if a.is_certificate() => ("tls", false, None),
+            PollError::Api(a) => ("api", a.is_transient(), a.retry_after()),
+            PollError::Store(_) => ("store", true, None),
+            PollError::Refused { source, .. } => ("api", false, source.retry_after()),
+        };
+        let floor = self.interval_hint().await;
+        let n = failures.consecutive + 1;
+        let base = if transient {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(30)
+        };
+        let wait = crate::backoff::honour_retry_after(
+            crate::backoff::delay(n, base, Duration::from_secs(300)).max(floor),
+            retry_after,
+            Duration::from_secs(3600),
+        );
+        let logged = failures.failed(kind);
+        if logged && kind == "tls" {
+            error!(
+                event = "tls_refused",
+                stream = %self.stream.name,
+                error = %e,
+                attempt = n,
+                retry_in_ms = wait.as_millis() as u64,
+                "poll failed: the server's TLS certificate was refused; backing off"
+            );
+        } else if logged {
+            warn!(
+                event = "poll_failed",
+                stream = %self.stream.name,
+                error = %e,
+                attempt = n,
+                retry_in_ms = wait.as_millis() as u64,
+                "poll failed; backing off"
+            );
+        } else {
+            debug!(event = "poll_failed", stream = %self.stream.name, error = %e, attempt = n, "poll failed again");
+        }
+        let _ = self
+            .store
+            .record_stream_error(
+                &self.stream.name,
+                &self.query_json(),
+                &e.to_string(),
+                now_ms(),
+            )
+            .await;
+        wait
+    }
+
+    /// The stream's filters, for a cursor row made by an error.
+    fn query_json(&self) -> String {
+        serde_json::to_string(&Query {
+            types: self.stream.types(),
+            ..Query::default()
+        })
+        .unwrap_or_else(|_| "{}".into())
+    }
+
     async fn interval_hint(&self) -> Duration {
-        match self.store.cursor(CURSOR).await {
+        match self.store.cursor(&self.stream.name).await {
             Ok(Some(Cursor {
                 interval_ms: Some(ms),
                 ..
@@ -608,4 +913,9 @@ impl JmaFilePoller {
             _ => DEFAULT_INTERVAL,
         }
     }
+}
+
+/// HTTP 400 (the documented cursor message or any other).
+fn is_bad_request(e: &ApiError) -> bool {
+    matches!(e, ApiError::InvalidCursor { .. }) || e.status() == Some(400)
 }

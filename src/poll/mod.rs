@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod jmafile;
+pub mod streams;
 
 use std::time::Duration;
 
@@ -30,6 +31,39 @@ pub(crate) fn malformed_entry(
         plan: None,
         path: None,
         refused: Some(format!("malformed list entry: {reason}")),
+        type_name: None,
+    }
+}
+
+/// Spaces calls at least `gap` apart, first come first served: each caller reserves the next
+/// free slot and sleeps until it, so no caller can starve the others (a stream paging a
+/// backlog gets every other slot at most, while the rest still get theirs in turn). A slot
+/// reserved by a caller that is then cancelled is simply left unused.
+#[derive(Debug)]
+pub struct Pacer {
+    gap: Duration,
+    next: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Pacer {
+    pub fn new(gap: Duration) -> Pacer {
+        Pacer {
+            gap,
+            next: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits for this caller's slot.
+    pub async fn wait(&self) {
+        let slot = {
+            // Plain data under the lock: a poisoned lock is still consistent.
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            let slot = next.map_or(now, |n| n.max(now));
+            *next = Some(slot + self.gap);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
     }
 }
 
@@ -71,6 +105,37 @@ impl FailureLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pacer_spaces_calls_in_the_order_they_came() {
+        let pacer = std::sync::Arc::new(Pacer::new(Duration::from_millis(600)));
+        let start = tokio::time::Instant::now();
+        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..5u32 {
+            let (p, o) = (pacer.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                // Callers arrive in order, 1 ms apart.
+                tokio::time::sleep(Duration::from_millis(u64::from(i))).await;
+                p.wait().await;
+                o.lock().unwrap().push((i, start.elapsed()));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let got = order.lock().unwrap().clone();
+        let ids: Vec<u32> = got.iter().map(|(i, _)| *i).collect();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4], "first come, first served");
+        for w in got.windows(2) {
+            assert!(w[1].1 - w[0].1 >= Duration::from_millis(600), "{got:?}");
+        }
+        // After a pause, the next caller goes at once.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let t = tokio::time::Instant::now();
+        pacer.wait().await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn failures_are_logged_on_change_and_reminded_every_ten_minutes() {

@@ -12,7 +12,7 @@ use std::path::Path;
 use bytes::Bytes;
 use time::OffsetDateTime;
 
-use super::data::{ExpectedFile, Kind, SimItem, header, id_of, rel, stamp14};
+use super::data::{ExpectedFile, Kind, SimItem, header, id_of, naming, rel};
 use super::{Sim, lock};
 
 /// A prebuilt body: what the simulator serves, and the decompressed length of each file in it.
@@ -128,8 +128,14 @@ pub fn load_or_build(path: &Path, kind: Kind, child_size: u64, seed: u64) -> io:
 
 impl Sim {
     /// Adds an item serving `large`'s body (shared, not copied), received now, named like
-    /// [`Sim::add`]'s items of the same kind. Its `expected` files have paths and no bytes.
-    pub fn add_large(&self, large: &LargeBody, classification: &str, type_name: &str) -> SimItem {
+    /// [`Sim::add`]'s items of the same kind (a catalog product fitting the kind when
+    /// `type_name` is None). Its `expected` files have paths and no bytes.
+    pub fn add_large(
+        &self,
+        large: &LargeBody,
+        classification: Option<&str>,
+        type_name: Option<&str>,
+    ) -> SimItem {
         let mut w = lock(&self.inner.world);
         let mut received = OffsetDateTime::now_utc();
         if let Some(last) = w.last_received {
@@ -139,61 +145,61 @@ impl Sim {
         let serial = w.next_serial;
         w.next_serial += 1;
         let nominal = received - time::Duration::seconds(30);
-        let base = format!("Z__C_RJTD_{}_{}", stamp14(nominal), type_name);
+        let children = large.lengths.len();
+        let kind = match large.kind {
+            Kind::Concat { .. } => Kind::Concat { children },
+            Kind::ConcatPlain { .. } => Kind::ConcatPlain { children },
+            other => other,
+        };
+        let names = naming(kind, classification, type_name, nominal, serial);
         let gz = matches!(large.kind, Kind::Gzip | Kind::Concat { .. });
         let (format, headers, expected) = match large.kind {
             Kind::Concat { .. } | Kind::ConcatPlain { .. } => {
-                let exts = ["dbf", "shp", "shx", "prj", "cpg"];
-                let n = large.lengths.len();
-                let names: Vec<String> = (0..n)
-                    .map(|i| match exts.get(i).filter(|_| n <= exts.len()) {
-                        Some(ext) => format!("{base}_shape.{ext}"),
-                        None => format!("{base}_{i:02}.bin"),
-                    })
-                    .collect();
-                let parent = format!("{base}_shape.{}", if gz { "tar.gz" } else { "tar" });
+                let parent = names.filename.clone();
+                let folder = parent
+                    .strip_suffix(".tar.gz")
+                    .or_else(|| parent.strip_suffix(".tar"))
+                    .unwrap_or(&parent)
+                    .to_owned();
                 let mut headers = vec![header(
                     nominal,
+                    &names.author,
                     "concat",
-                    large.total(),
+                    large.body.len() as u64,
                     &parent,
-                    type_name,
+                    &names.type_name,
                     false,
                 )];
                 let mut expected = Vec::new();
-                for (name, len) in names.iter().zip(&large.lengths) {
-                    let ext = name.rsplit('.').next().unwrap_or("bin");
-                    headers.push(header(nominal, ext, *len, name, type_name, false));
+                for ((name, format, id), len) in names.children.iter().zip(&large.lengths) {
+                    headers.push(header(nominal, "RJTD", format, *len, name, id, false));
                     expected.push(ExpectedFile {
                         rel_path: format!(
                             "{}/{name}",
-                            rel(classification, received, &format!("{base}_shape"))
+                            rel(&names.classification, received, &folder)
                         ),
                         bytes: Bytes::new(),
                     });
                 }
-                ("concat", headers, expected)
+                ("concat".to_owned(), headers, expected)
             }
             _ => {
-                let leaf = format!("{base}_grib2.bin");
-                let filename = if gz {
-                    format!("{leaf}.gz")
-                } else {
-                    leaf.clone()
-                };
+                let filename = names.filename.clone();
+                let leaf = filename.strip_suffix(".gz").unwrap_or(&filename).to_owned();
                 let headers = vec![header(
                     nominal,
-                    "grib2",
+                    &names.author,
+                    &names.format,
                     large.body.len() as u64,
                     &filename,
-                    type_name,
+                    &names.type_name,
                     false,
                 )];
                 let expected = vec![ExpectedFile {
-                    rel_path: rel(classification, received, &leaf),
+                    rel_path: rel(&names.classification, received, &leaf),
                     bytes: Bytes::new(),
                 }];
-                ("grib2", headers, expected)
+                (names.format.clone(), headers, expected)
             }
         };
         // Ids must be unique per item; the API's is a hash of the body, so salt it with the
@@ -203,16 +209,17 @@ impl Sim {
         let item = SimItem {
             serial,
             id,
-            classification: classification.to_owned(),
-            type_name: type_name.to_owned(),
+            classification: names.classification,
+            type_name: names.type_name,
             received,
-            format: format.to_owned(),
+            format,
             compression: gz.then_some("gzip"),
             headers,
             body: large.body.clone(),
             url_origin: None,
             raw_entry: None,
             announced_serial: None,
+            omit_fields: Vec::new(),
             expected,
         };
         w.items.push(item.clone());

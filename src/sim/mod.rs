@@ -4,8 +4,9 @@
 //! knob for each fault the daemon must survive.
 //!
 //! Faithful points: Basic/Bearer/`?key=` auth with a JSON 401 on list paths and plain text on
-//! data paths; newest-first lists with `type` (one = prefix, several = exact) and `datetime`
-//! filters; opaque base64url cursor tokens; `nextPooling` always, `nextToken` only when more
+//! data paths; items named after the provider's catalog (real classification ↔ identifier
+//! pairs and file-name patterns, see [`data`]); newest-first lists with `type` (one = prefix,
+//! 2–5 = exact full identifiers, more = 400) and `datetime` filters; opaque base64url cursor tokens; `nextPooling` always, `nextToken` only when more
 //! remain; `nextPoolingInterval`; the 1-month window (hidden from lists, 403 on bodies);
 //! `Dmdata-*` headers and no `Content-Encoding`; 429 from per-host budgets (50 per 5 minutes on
 //! data, 2000 per 10 minutes on lists); serials as strings. With [`SimConfig::tls`] it speaks
@@ -67,6 +68,16 @@ pub struct SimConfig {
     /// Serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN) with this certificate instead of plain HTTP.
     /// Read at start.
     pub tls: Option<SimTls>,
+    /// The random mixes ([`Sim::add_random`], [`Sim::add_history`], the demo) include zip items
+    /// (documented as a `compression`, though no real file name ends in `.zip`).
+    pub zip_items: bool,
+    /// A refused cursor (expired, invalid) gets this 400 message instead of the documented
+    /// ``Unexpected data  of search query `cursorToken`.`` (what an expired token gets is
+    /// undocumented).
+    pub cursor_refusal: Option<String>,
+    /// Every `/v2/jmafile` request whose `type` holds one of these values is answered 400
+    /// (a `type` the service will not take), with or without a cursor.
+    pub refused_types: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -84,6 +95,9 @@ impl Default for SimConfig {
             numbers_as_strings: false,
             archive_endless: false,
             tls: None,
+            zip_items: false,
+            cursor_refusal: None,
+            refused_types: Vec::new(),
         }
     }
 }
@@ -358,11 +372,12 @@ impl Sim {
 
     /// Adds `n` items of a realistic mix.
     pub fn add_random(&self, n: usize) -> Vec<SimItem> {
+        let zip = lock(&self.inner.config).zip_items;
         let specs: Vec<ItemSpec> = {
             let mut w = lock(&self.inner.world);
             let mut rng = fastrand::Rng::with_seed(w.rng_seed);
             w.rng_seed = w.rng_seed.wrapping_add(n as u64 + 1);
-            (0..n).map(|_| data::random_spec(&mut rng)).collect()
+            (0..n).map(|_| data::random_spec(&mut rng, zip)).collect()
         };
         specs.into_iter().map(|s| self.add(s)).collect()
     }
@@ -370,6 +385,7 @@ impl Sim {
     /// Adds `n` items of a realistic mix received over the last `span` (a history to backfill).
     pub fn add_history(&self, n: usize, span: Duration) -> Vec<SimItem> {
         let now = OffsetDateTime::now_utc();
+        let zip = lock(&self.inner.config).zip_items;
         let specs: Vec<ItemSpec> = {
             let mut w = lock(&self.inner.world);
             let mut rng = fastrand::Rng::with_seed(w.rng_seed);
@@ -379,7 +395,7 @@ impl Sim {
                     let ago = span.mul_f64((n - i) as f64 / n.max(1) as f64);
                     ItemSpec {
                         received: Some(now - ago),
-                        ..data::random_spec(&mut rng)
+                        ..data::random_spec(&mut rng, zip)
                     }
                 })
                 .collect()

@@ -254,7 +254,7 @@ fn entry_json(item: &SimItem, origin: &str, strings: bool) -> Value {
             }
         }
     }
-    json!({
+    let mut entry = json!({
         "serial": item.announced_serial.unwrap_or(item.serial).to_string(),
         "id": item.id,
         "classification": item.classification,
@@ -263,7 +263,13 @@ fn entry_json(item: &SimItem, origin: &str, strings: bool) -> Value {
         "format": item.format,
         "compression": item.compression,
         "url": format!("{}/v1/{}", item.url_origin.as_deref().unwrap_or(origin), item.id),
-    })
+    });
+    if let Some(obj) = entry.as_object_mut() {
+        for field in &item.omit_fields {
+            obj.remove(field);
+        }
+    }
+    entry
 }
 
 /// A list call that passed auth and the budget: its record, query, and cursor token (absent,
@@ -409,6 +415,18 @@ async fn jmafile_list(
     if types.len() > 5 {
         return record(&inner, req, json_error(400, "Too many values in `type`."));
     }
+    if types.iter().any(|t| config.refused_types.contains(t)) {
+        return record(
+            &inner,
+            req,
+            json_error(
+                400,
+                "You have entered a string that is not defined in `type`.",
+            ),
+        );
+    }
+    const CURSOR_REFUSED: &str = "Unexpected data  of search query `cursorToken`.";
+    let refusal = config.cursor_refusal.as_deref().unwrap_or(CURSOR_REFUSED);
     let (from, to) = match param(&q, "datetime") {
         Some(r) => {
             let (a, b) = r.split_once('~').unwrap_or((r, ""));
@@ -422,11 +440,7 @@ async fn jmafile_list(
         None => None,
         Some(None) => {
             drop(world);
-            return record(
-                &inner,
-                req,
-                json_error(400, "Unexpected data  of search query `cursorToken`."),
-            );
+            return record(&inner, req, json_error(400, refusal));
         }
         Some(Some(t)) => {
             let expired = config.token_ttl.is_some_and(|ttl| {
@@ -434,11 +448,7 @@ async fn jmafile_list(
             });
             if t.epoch < world.epoch || expired {
                 drop(world);
-                return record(
-                    &inner,
-                    req,
-                    json_error(400, "Unexpected data  of search query `cursorToken`."),
-                );
+                return record(&inner, req, json_error(400, refusal));
             }
             Some(t)
         }

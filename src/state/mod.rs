@@ -108,6 +108,17 @@ pub struct NewItem {
     pub plan: Option<Plan>,
     pub path: Option<String>,
     pub refused: Option<String>,
+    /// A jmafile item's data identifier (HEADER_VALUES); None for archives.
+    pub type_name: Option<String>,
+}
+
+/// Which of the mirror's items a jmafile stream's entry covers (see [`Store::newest_listed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeMatch {
+    /// Every jmafile item.
+    Any,
+    Prefix(String),
+    Exact(String),
 }
 
 /// Which queued items a worker may take.
@@ -179,7 +190,13 @@ pub struct RecentError {
 #[derive(Debug, Clone, Serialize)]
 pub struct CursorStatus {
     pub name: String,
+    /// The `type` values the stream sends (empty: everything), from the stored filters.
+    pub types: Vec<String>,
     pub has_token: bool,
+    /// A backlog is being paged back.
+    pub backlog: bool,
+    /// receivedTime of the newest item the stream has listed (how far it has come).
+    pub last_received_ms: Option<i64>,
     pub high_serial: Option<i64>,
     pub interval_ms: Option<i64>,
     pub last_poll_ms: Option<i64>,
@@ -452,6 +469,29 @@ impl Store {
         Ok(())
     }
 
+    /// Like [`Store::record_poll_error`], for a PuLL stream: a row made by the error (the
+    /// stream never polled successfully) carries the stream's filters, so `status` shows them.
+    pub async fn record_stream_error(
+        &self,
+        name: &str,
+        query: &str,
+        error: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO cursors (name, query, last_error, last_error_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error,
+                                              last_error_ms = excluded.last_error_ms",
+        )
+        .bind(name)
+        .bind(query)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Drops the cursor and any backlog token (after the API refused one), keeping the
     /// watermark, so the next poll lists without a cursor back to it.
     pub async fn clear_cursor_token(&self, name: &str) -> Result<(), StoreError> {
@@ -464,6 +504,101 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The jmafile PuLL cursors (`jmafile`, `jmafile:…`) with their state.
+    pub async fn jmafile_cursors(&self) -> Result<Vec<(String, Cursor)>, StoreError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM cursors WHERE name = 'jmafile' OR name LIKE 'jmafile:%' ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(c) = self.cursor(&name).await? {
+                out.push((name, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gives a cursor row another name (a stream whose types are unchanged but whose name is
+    /// new, e.g. after an upgrade). Does nothing if `to` exists.
+    pub async fn rename_cursor(&self, from: &str, to: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE cursors SET name = ?2 WHERE name = ?1
+               AND NOT EXISTS (SELECT 1 FROM cursors WHERE name = ?2)",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Removes the jmafile cursors of streams no longer planned; returns their names.
+    pub async fn retire_jmafile_cursors(&self, keep: &[String]) -> Result<Vec<String>, StoreError> {
+        let keep = serde_json::to_string(keep).unwrap_or_else(|_| "[]".into());
+        Ok(sqlx::query_scalar(
+            "DELETE FROM cursors
+             WHERE (name = 'jmafile' OR name LIKE 'jmafile:%')
+               AND name NOT IN (SELECT value FROM json_each(?))
+             RETURNING name",
+        )
+        .bind(keep)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// For each entry, the newest jmafile item the mirror holds for it: (serial, receivedTime
+    /// ms), or None if it holds none. Served by the `items_type` index.
+    pub async fn newest_listed(
+        &self,
+        entries: &[TypeMatch],
+    ) -> Result<Vec<Option<(u64, i64)>>, StoreError> {
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let row: Option<(Option<i64>, Option<i64>)> = match entry {
+                TypeMatch::Any => {
+                    sqlx::query_as(
+                        "SELECT serial, received_ms FROM items
+                         WHERE source = 'jmafile' AND serial IS NOT NULL
+                         ORDER BY serial DESC LIMIT 1",
+                    )
+                    .fetch_optional(&self.pool)
+                    .await?
+                }
+                TypeMatch::Exact(t) => {
+                    sqlx::query_as(
+                        "SELECT serial, received_ms FROM items INDEXED BY items_type
+                         WHERE type_name = ? AND source = 'jmafile' AND serial IS NOT NULL
+                         ORDER BY serial DESC LIMIT 1",
+                    )
+                    .bind(t)
+                    .fetch_optional(&self.pool)
+                    .await?
+                }
+                TypeMatch::Prefix(p) => {
+                    // A range on the index: every text that starts with `p` sorts between `p`
+                    // and `p` followed by the highest code point.
+                    sqlx::query_as(
+                        "SELECT serial, received_ms FROM items INDEXED BY items_type
+                         WHERE type_name >= ?1 AND type_name < ?1 || char(1114111)
+                           AND source = 'jmafile' AND serial IS NOT NULL
+                         ORDER BY serial DESC LIMIT 1",
+                    )
+                    .bind(p)
+                    .fetch_optional(&self.pool)
+                    .await?
+                }
+            };
+            out.push(match row {
+                Some((Some(serial), received)) => Some((serial as u64, received.unwrap_or(0))),
+                _ => None,
+            });
+        }
+        Ok(out)
     }
 
     /// Claims the next due item (jmafile before archives, oldest first) and logs the body
@@ -867,7 +1002,8 @@ impl Store {
 
     pub async fn status(&self) -> Result<StatusReport, StoreError> {
         let cursors = sqlx::query(
-            "SELECT name, token IS NOT NULL AS has_token, high_serial, interval_ms, last_poll_ms,
+            "SELECT name, query, token IS NOT NULL AS has_token, backlog_token IS NOT NULL AS backlog,
+                    last_received_ms, high_serial, interval_ms, last_poll_ms,
                     last_error, last_error_ms FROM cursors ORDER BY name",
         )
         .fetch_all(&self.pool)
@@ -875,7 +1011,19 @@ impl Store {
         .into_iter()
         .map(|r| CursorStatus {
             name: r.get("name"),
+            types: serde_json::from_str::<serde_json::Value>(r.get::<&str, _>("query"))
+                .ok()
+                .and_then(|q| {
+                    q.get("types")?
+                        .as_array()?
+                        .iter()
+                        .map(|t| t.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
             has_token: r.get("has_token"),
+            backlog: r.get("backlog"),
+            last_received_ms: r.get("last_received_ms"),
             high_serial: r.get("high_serial"),
             interval_ms: r.get("interval_ms"),
             last_poll_ms: r.get("last_poll_ms"),
@@ -1046,8 +1194,9 @@ async fn insert_items(
         };
         sqlx::query(
             "INSERT INTO items (source, id, serial, classification, received_ms, url, plan,
-                                    state, priority, last_error, path, listed_ms, finished_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    state, priority, last_error, path, listed_ms, finished_ms,
+                                    type_name)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(item.source.as_str())
         .bind(&item.id)
@@ -1065,6 +1214,7 @@ async fn insert_items(
         .bind(path)
         .bind(now)
         .bind(finished)
+        .bind(&item.type_name)
         .execute(&mut **tx)
         .await?;
         if item.refused.is_some() {
@@ -1105,6 +1255,82 @@ fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Claimed, StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upgraded mirror knows the data identifier of what it listed before the column
+    /// existed (read from the file name), so a new stream starts from it.
+    #[tokio::test]
+    async fn the_streams_migration_reads_old_rows_identifiers_from_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.sqlite");
+        {
+            let pool = pool_options(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&path)
+                        .create_if_missing(true),
+                )
+                .await
+                .unwrap();
+            MIGRATOR.run_to(20261124000001, &pool).await.unwrap();
+            for (id, serial, class, leaf) in [
+                (
+                    "a",
+                    5,
+                    "jmafile.rdr-nc5min",
+                    "Z__C_RJTD_20261124105401_RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL_grib2.bin",
+                ),
+                (
+                    "b",
+                    6,
+                    "jmafile.obs-amds",
+                    "Z__C_COMP_20261124105401_OBS_AMDSCC_004",
+                ),
+                (
+                    "c",
+                    7,
+                    "jmafile.srf-p10",
+                    "Z__C_RJTD_20261124105401_SRF_GPV_Ggis1km_Prr60lv_Aper10min_ANAL_grib2.~abc.bin",
+                ),
+                ("d", 8, "jmafile.x", "odd-name.bin"),
+            ] {
+                sqlx::query(
+                    "INSERT INTO items (source, id, serial, classification, received_ms, url, plan,
+                                        state, path, listed_ms)
+                     VALUES ('jmafile', ?, ?, ?, 1000, 'u', 'null', 'done', ?, 1)",
+                )
+                .bind(id)
+                .bind(serial)
+                .bind(class)
+                .bind(format!("jmafile/{class}/2026-11-24/{leaf}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            pool.close().await;
+        }
+        let store = Store::open(&path).await.unwrap();
+        let found = store
+            .newest_listed(&[
+                TypeMatch::Exact("RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL".into()),
+                TypeMatch::Exact("OBS_AMDSCC".into()),
+                TypeMatch::Prefix("SRF_GPV".into()),
+                TypeMatch::Prefix("RDR_GPV_Ggis0p25km".into()),
+                TypeMatch::Any,
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            vec![
+                Some((5, 1000)),
+                Some((6, 1000)),
+                Some((7, 1000)),
+                None,
+                Some((8, 1000))
+            ]
+        );
+        store.close().await;
+    }
 
     /// No pool of ours starts sqlx's maintenance task (see [`pool_options`]): once the stores
     /// are open and have answered, the runtime holds no task of theirs.

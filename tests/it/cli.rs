@@ -89,12 +89,19 @@ fn check_config_prints_the_effective_config_with_the_key_redacted() {
         &["check-config"],
         &[
             ("JMA_POLLER__API__KEY", "super-secret-key"),
-            ("JMA_POLLER__JMAFILE__TYPES", "RDR_GPV"),
+            ("JMA_POLLER__JMAFILE__TYPES", "RDR_GPV,SRF_GPV,RDR_TYPO"),
         ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("key = \"***\""), "{out}");
     assert!(out.contains("RDR_GPV"), "{out}");
+    // The streams the types plan, and the entry the catalog does not know.
+    assert!(err.contains("jmafile: 3 PuLL stream(s)"), "{err}");
+    assert!(err.contains("jmafile:SRF_GPV: type=SRF_GPV"), "{err}");
+    assert!(
+        err.contains("\"RDR_TYPO\" matches no data identifier"),
+        "{err}"
+    );
     assert!(!out.contains("super-secret") && !err.contains("super-secret"));
 }
 

@@ -34,7 +34,7 @@ async fn hostile_names_and_untrusted_hosts_are_refused_and_the_daemon_keeps_runn
         ..ItemSpec::default()
     }));
     refused.push(sim.add(ItemSpec {
-        classification: "../../jmafile.evil".into(),
+        classification: Some("../../jmafile.evil".into()),
         ..ItemSpec::default()
     }));
     // Same simulator, but named "localhost": a different host from the trusted 127.0.0.1:port.
@@ -121,13 +121,17 @@ async fn colliding_long_names_are_stored_side_by_side_and_never_stall_downloads(
     let sim = sim(150).await;
     let env = Env::new();
     let long = format!("{}.bin", "L".repeat(250));
+    // One product, so both land in the same folder under the same name.
+    let soil = Some("SRF_GPV_Ggis1km_Psw_Fper10min_FH01-06".to_string());
     let a = sim.add(ItemSpec {
         kind: Kind::Plain,
+        type_name: soil.clone(),
         filename: Some(long.clone()),
         ..ItemSpec::default()
     });
     let b = sim.add(ItemSpec {
         kind: Kind::Plain,
+        type_name: soil,
         filename: Some(long.clone()),
         ..ItemSpec::default()
     });

@@ -13,4 +13,5 @@ mod prop;
 mod pull;
 mod robust;
 mod sim;
+mod streams;
 mod tls;

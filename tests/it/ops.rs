@@ -105,7 +105,7 @@ async fn metrics_move_as_items_land_and_readyz_turns_unready_when_polls_fail() {
     let items: Vec<_> = (0..3)
         .map(|_| {
             sim.add(ItemSpec {
-                classification: class.into(),
+                classification: Some(class.into()),
                 ..ItemSpec::default()
             })
         })
@@ -144,7 +144,7 @@ async fn metrics_move_as_items_land_and_readyz_turns_unready_when_polls_fail() {
     }
     // One more item: the counter moves.
     let more = vec![sim.add(ItemSpec {
-        classification: class.into(),
+        classification: Some(class.into()),
         ..ItemSpec::default()
     })];
     wait_until(Duration::from_secs(10), "one more lands", || async {

@@ -293,7 +293,7 @@ async fn changing_jmafile_types_lists_the_new_set_and_loses_nothing_meanwhile() 
     settings.jmafile.types = vec!["RDR_GPV_TYPO".into()];
     let daemon = Daemon::start(settings.clone());
     let first = vec![sim.add(ItemSpec {
-        type_name: radar.into(),
+        type_name: Some(radar.into()),
         ..ItemSpec::default()
     })];
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -314,12 +314,13 @@ async fn changing_jmafile_types_lists_the_new_set_and_loses_nothing_meanwhile() 
     let two_hours_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(2);
     let missed = vec![
         sim.add(ItemSpec {
-            type_name: radar.into(),
+            type_name: Some(radar.into()),
             received: Some(two_hours_ago),
             ..ItemSpec::default()
         }),
         sim.add(ItemSpec {
-            type_name: soil.into(),
+            kind: Kind::Plain,
+            type_name: Some(soil.into()),
             ..ItemSpec::default()
         }),
     ];

@@ -71,7 +71,7 @@ async fn list_paging_filters_tokens_and_limits() {
             "RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL"
         };
         sim.add(ItemSpec {
-            type_name: type_name.into(),
+            type_name: Some(type_name.into()),
             ..ItemSpec::default()
         });
     }
@@ -243,4 +243,86 @@ async fn rate_limits_answer_429() {
     }
     assert_eq!(codes, vec![200, 200, 200, 429, 429]);
     assert_eq!(sim.rate_limited(), 2);
+}
+
+#[tokio::test]
+async fn type_filter_follows_the_upstream_rules_and_the_refusal_knobs() {
+    let sim = start().await;
+    let c = http();
+    let radar = "RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL";
+    let soil = "SRF_GPV_Ggis1km_Psw_Fper10min_FH01-06";
+    for t in [radar, soil, "FLA_GPV_Rjp_ANAL"] {
+        sim.add(ItemSpec {
+            kind: if t == radar { Kind::Gzip } else { Kind::Plain },
+            type_name: Some(t.into()),
+            ..ItemSpec::default()
+        });
+    }
+    let get = |q: String| {
+        let c = c.clone();
+        let url = format!("{}/v2/jmafile?{q}", sim.base_url());
+        let key = sim.key();
+        async move { c.get(url).basic_auth(key, Some("")).send().await.unwrap() }
+    };
+    let count = |v: serde_json::Value| v["items"].as_array().unwrap().len();
+    // 2–5 values: each an exact identifier; a prefix among them matches nothing.
+    let v = get(format!("type={radar},{soil}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count(v), 2);
+    let v = get(format!("type={radar},SRF_GPV"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count(v), 1);
+    let six = ["A", "B", "C", "D", "E", radar].join(",");
+    assert_eq!(
+        get(format!("type={six}")).await.status(),
+        400,
+        "more than 5"
+    );
+
+    // A refused `type`, with or without a cursor.
+    sim.config().refused_types = vec!["SRF_GPV".into()];
+    let r = get("type=SRF_GPV".into()).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(get("type=RDR_GPV".into()).await.status(), 200);
+    // A refused cursor with a message nobody documented.
+    sim.config().cursor_refusal = Some("Bad request.".into());
+    let v: serde_json::Value = get("type=RDR_GPV".into()).await.json().await.unwrap();
+    sim.expire_tokens();
+    let r = get(format!(
+        "type=RDR_GPV&cursorToken={}",
+        v["nextPooling"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "Bad request.");
+}
+
+#[tokio::test]
+async fn entries_can_leave_out_received_time_and_format() {
+    let sim = start().await;
+    let item = sim.add(ItemSpec {
+        omit_fields: vec!["receivedTime".into(), "format".into()],
+        ..ItemSpec::default()
+    });
+    let v: serde_json::Value = http()
+        .get(format!("{}/v2/jmafile", sim.base_url()))
+        .basic_auth(sim.key(), Some(""))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = &v["items"][0];
+    assert_eq!(entry["id"], item.id.as_str());
+    assert!(entry.get("receivedTime").is_none() && entry.get("format").is_none());
+    assert!(v["responseTime"].is_string());
+    assert_eq!(entry["headers"][0]["format"], "grib2");
 }
