@@ -172,20 +172,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     if !settings.jmafile.enabled && !settings.archive.enabled {
         health.assume_contacted();
     }
-    {
-        // READY=1 once config, database and the first API contact are good.
-        let (h, c) = (health.clone(), tasks_cancel.clone());
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = c.cancelled() => {}
-                _ = h.contacted() => {
-                    info!(event = "ready", "first poll succeeded; ready");
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                }
-            }
-            Ok(())
-        });
-    }
+    // READY=1 (with the current STATUS=) comes from `health::supervise` once config, database
+    // and the first API contact are good.
     if settings.jmafile.enabled {
         let poller = JmaFilePoller::new(
             client.clone(),
