@@ -277,9 +277,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             CLOSE_GRACE.as_secs()
         );
     }
-    match &result {
-        Ok(()) => info!(event = "stopped", "stopped cleanly"),
-        Err(e) => error!(event = "stopped", error = %e, "stopped with an error"),
+    // An error is reported once, by the binary's edge, as the last line before the exit
+    // (`telemetry::fatal`, at error priority): logging it here too printed it twice.
+    if result.is_ok() {
+        info!(event = "stopped", "stopped cleanly");
     }
     result
 }

@@ -137,7 +137,7 @@ pub fn main(cli: Cli) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            crate::telemetry::fatal(1, &format!("cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -147,7 +147,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            crate::telemetry::fatal(f.code, &f.message);
             ExitCode::from(f.code)
         }
     }
