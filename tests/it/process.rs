@@ -1,9 +1,12 @@
 //! The process as systemd and Docker see it: the line a fatal error leaves in the journal, and
 //! the permissions of what the daemon creates whatever umask it inherits.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use jma_poller::sim::ItemSpec;
 
 use crate::common::*;
 
@@ -76,4 +79,89 @@ async fn under_journald_a_fatal_error_is_the_last_line_at_error_priority_and_sai
         "the reason is printed once: {text}"
     );
     assert!(!text.contains(&sim.key()), "never the key itself");
+}
+
+/// The daemon with `umask {mask}` inherited (set by a shell that then execs it), output to
+/// `log`.
+fn spawn_with_umask(mask: &str, envs: &[(String, String)], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    let child = Command::new("sh")
+        .args(["-c", &format!("umask {mask} && exec \"$0\" run")])
+        .arg(bin())
+        .env_remove("RUST_LOG")
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("sh starts");
+    Proc::new(child, log)
+}
+
+/// Path (relative to `dir`) and permission bits of everything under `dir`, folders included.
+fn modes_under(dir: &Path) -> Vec<(String, u32)> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, u32)>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            out.push((rel, meta.permissions().mode() & 0o777));
+            if meta.is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Runs the daemon under `umask {mask}` until an item has landed, stops it, and returns the
+/// modes of everything in its data dir.
+async fn modes_after_a_run(mask: &str) -> Vec<(String, u32)> {
+    let sim = sim(200).await;
+    let env = Env::new();
+    let items = vec![sim.add(ItemSpec::default())];
+    let log = env.root.path().join("out.log");
+    let mut child = spawn_with_umask(mask, &env.binary_env(&sim), &log);
+    wait_until(Duration::from_secs(20), "the item lands", || async {
+        all_landed(&env.data_dir, &items)
+    })
+    .await;
+    let status = child.stop("-TERM", STOP_LIMIT).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let modes = modes_under(&env.data_dir);
+    for name in ["state.sqlite", ".lock", "jmafile"] {
+        assert!(modes.iter().any(|(p, _)| p == name), "{name} in {modes:?}");
+    }
+    modes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_data_are_not_world_readable_even_under_umask_000() {
+    // A container starts with umask 0022 and has no shell to change it: the daemon restricts
+    // its own. Under 000 everything would be world-writable without that.
+    let modes = modes_after_a_run("000").await;
+    let open: Vec<_> = modes.iter().filter(|(_, m)| m & 0o027 != 0).collect();
+    assert!(
+        open.is_empty(),
+        "nothing writable by the group or open to others: {open:?}"
+    );
+    let db = modes.iter().find(|(p, _)| p == "state.sqlite").unwrap().1;
+    assert_eq!(db, 0o640, "state.sqlite is 0640");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stricter_inherited_umask_is_kept() {
+    // systemd's UMask=0077: the daemon only ever adds restrictions.
+    let modes = modes_after_a_run("077").await;
+    let open: Vec<_> = modes.iter().filter(|(_, m)| m & 0o077 != 0).collect();
+    assert!(open.is_empty(), "owner only, as the unit asks: {open:?}");
 }
