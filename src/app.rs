@@ -213,20 +213,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     if !settings.jmafile.enabled && !settings.archive.enabled {
         health.assume_contacted();
     }
-    {
-        // READY=1 once config, database and the first API contact are good.
-        let (h, c) = (health.clone(), tasks_cancel.clone());
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = c.cancelled() => {}
-                _ = h.contacted() => {
-                    info!(event = "ready", "first poll succeeded; ready");
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                }
-            }
-            Ok(())
-        });
-    }
+    // READY=1 (with the current STATUS=) comes from `health::supervise` once config, database
+    // and the first API contact are good.
     if settings.jmafile.enabled {
         let plan = plan_streams(&settings, &store).await?;
         // One pacing for every stream: together they stay below 2 list calls per second.
@@ -338,9 +326,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             CLOSE_GRACE.as_secs()
         );
     }
-    match &result {
-        Ok(()) => info!(event = "stopped", "stopped cleanly"),
-        Err(e) => error!(event = "stopped", error = %e, "stopped with an error"),
+    // An error is reported once, by the binary's edge, as the last line before the exit
+    // (`telemetry::fatal`, at error priority): logging it here too printed it twice.
+    if result.is_ok() {
+        info!(event = "stopped", "stopped cleanly");
     }
     result
 }

@@ -131,13 +131,14 @@ impl<E: std::fmt::Display> From<(u8, E)> for Failure {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
+    restrict_umask();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            crate::telemetry::fatal(1, &format!("cannot start the async runtime: {e}"));
             return ExitCode::from(1);
         }
     };
@@ -147,10 +148,23 @@ pub fn main(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {}", f.message);
+            crate::telemetry::fatal(f.code, &f.message);
             ExitCode::from(f.code)
         }
     }
+}
+
+/// Permission bits every file and folder the process creates goes without: none for others,
+/// no write for the group (state.sqlite and data folders 0640/0750).
+const UMASK: u32 = 0o027;
+
+/// Adds [`UMASK`] to the inherited umask, never loosening it (systemd's `UMask=0077` stays).
+/// The process sets it itself because a distroless image has no shell to run `umask` in and
+/// a unit's `UMask=` does not reach a container: inherited 0022 left the state world-readable.
+fn restrict_umask() {
+    use rustix::fs::Mode;
+    let inherited = rustix::process::umask(Mode::from_bits_truncate(UMASK));
+    rustix::process::umask(inherited | Mode::from_bits_truncate(UMASK));
 }
 
 fn load(path: &Option<PathBuf>) -> Result<Settings, Failure> {

@@ -217,7 +217,9 @@ impl Health {
 /// How often gauges and systemd's status are refreshed (the watchdog may ask for more).
 const REFRESH: Duration = Duration::from_secs(10);
 
-/// Keeps the gauges, `STATUS=` and the watchdog going until `cancel`.
+/// Keeps the gauges, `STATUS=` and the watchdog going until `cancel`, and sends `READY=1`
+/// once the first poll succeeded, in one message with a `STATUS=` computed at that moment:
+/// `systemctl status` must not show "starting" for another [`REFRESH`] after the unit is up.
 pub async fn supervise(
     health: Arc<Health>,
     store: Store,
@@ -230,9 +232,21 @@ pub async fn supervise(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_status = String::new();
     let mut last_refresh: Option<tokio::time::Instant> = None;
+    let mut ready = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = health.contacted(), if !ready => {
+                ready = true;
+                last_refresh = Some(tokio::time::Instant::now());
+                last_status = refresh(&health, &store, &client).await;
+                tracing::info!(event = "ready", status = %last_status, "first poll succeeded; ready");
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Ready,
+                    sd_notify::NotifyState::Status(&last_status),
+                ]);
+                continue;
+            }
             _ = tick.tick() => {}
         }
         if watchdog.is_some() && health.alive() {
@@ -242,28 +256,33 @@ pub async fn supervise(
             continue;
         }
         last_refresh = Some(tokio::time::Instant::now());
-        let queued = match store.queue_depth().await {
-            Ok(rows) => {
-                let mut total = 0;
-                for (source, n) in rows {
-                    metrics::gauge!("jma_poller_queue_depth", "source" => source).set(n as f64);
-                    total += n;
-                }
-                total
-            }
-            Err(_) => 0,
-        };
-        for budget in [client.data_budget(), client.api_budget()] {
-            if let Some(left) = budget.remaining() {
-                metrics::gauge!("jma_poller_budget_remaining", "budget" => budget.name())
-                    .set(left as f64);
-            }
-        }
-        crate::telemetry::metrics().run_upkeep();
-        let status = health.status_line(queued);
+        let status = refresh(&health, &store, &client).await;
         if status != last_status {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&status)]);
             last_status = status;
         }
     }
+}
+
+/// Refreshes the gauges (queue depth, budgets) and returns the `STATUS=` line.
+async fn refresh(health: &Health, store: &Store, client: &Client) -> String {
+    let queued = match store.queue_depth().await {
+        Ok(rows) => {
+            let mut total = 0;
+            for (source, n) in rows {
+                metrics::gauge!("jma_poller_queue_depth", "source" => source).set(n as f64);
+                total += n;
+            }
+            total
+        }
+        Err(_) => 0,
+    };
+    for budget in [client.data_budget(), client.api_budget()] {
+        if let Some(left) = budget.remaining() {
+            metrics::gauge!("jma_poller_budget_remaining", "budget" => budget.name())
+                .set(left as f64);
+        }
+    }
+    crate::telemetry::metrics().run_upkeep();
+    health.status_line(queued)
 }

@@ -13,7 +13,7 @@ use crate::config::{LogFormat, LogSettings};
 
 /// True when stderr is the journal: systemd sets `JOURNAL_STREAM=dev:inode` for the stream it
 /// connected, and a child may inherit the variable, so it is compared with stderr itself.
-fn stderr_is_journal() -> bool {
+pub fn stderr_is_journal() -> bool {
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
     let Ok(var) = std::env::var("JOURNAL_STREAM") else {
@@ -100,6 +100,21 @@ fn quiet_dependencies(directives: &str) -> String {
         directives.to_owned()
     } else {
         format!("{directives},{VERIFIER}=off")
+    }
+}
+
+/// Reports why the process is about to exit with `code`: the last line it writes, and the only
+/// one carrying the reason (callers do not log it beforehand). It goes at error priority, so
+/// `journalctl -p err` shows why a unit failed: through the log subscriber when one is installed
+/// (same format as every other line: JSON in a container, `<3>`-prefixed text under journald),
+/// otherwise (a bad configuration stops the process before logging starts) as plain
+/// `error: …`, prefixed with `<3>` when stderr is the journal.
+pub fn fatal(code: u8, message: &str) {
+    if tracing::dispatcher::has_been_set() && tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!(event = "exit", exit_code = code, "{message}");
+    } else {
+        let priority = if stderr_is_journal() { "<3>" } else { "" };
+        eprintln!("{priority}error: {message}");
     }
 }
 

@@ -256,6 +256,14 @@ impl Drop for Proc {
 }
 
 impl Proc {
+    /// Wraps a child whose stdout and stderr go to `log`.
+    pub fn new(child: Child, log: &Path) -> Proc {
+        Proc {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
     /// Sends `sig` and waits for the exit, for at most `limit`. A process still running then
     /// is a failure of the test (the daemon promises to stop within seconds), not a reason to
     /// wait forever: it is killed and the test panics with the end of its log. Waiting by

@@ -77,6 +77,13 @@ async fn systemd_notify_ready_status_watchdog_and_stopping_arrive_on_a_real_sock
     }
     assert_eq!(status.code(), Some(0));
     let ready = seen.iter().position(|m| m == "READY=1").expect("READY=1");
+    // READY=1 carries a STATUS= of that moment in the same datagram, so `systemctl status`
+    // never shows "starting" for a unit that is up.
+    let with_ready = seen.get(ready + 1).map_or("", String::as_str);
+    assert!(
+        with_ready.starts_with("STATUS=polling; "),
+        "READY=1 comes with the current STATUS=: {seen:?}"
+    );
     let stopping = seen
         .iter()
         .position(|m| m == "STOPPING=1")
