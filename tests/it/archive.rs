@@ -409,7 +409,7 @@ async fn jmafile_items_go_before_archives_when_both_are_queued() {
     settings.download.concurrency = 1;
     settings.limits.data_requests = 4;
     settings.limits.data_window = Duration::from_secs(2);
-    settings.limits.data_burst = 1;
+    settings.limits.data_burst = Some(1);
     let daemon = Daemon::start(settings);
     wait_until(Duration::from_secs(40), "everything lands", || async {
         archives_landed(&env, &archives) && all_landed(&env.data_dir, &items)

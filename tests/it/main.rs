@@ -9,6 +9,7 @@ mod crash;
 mod faults;
 mod hostile;
 mod ops;
+mod polite;
 mod prop;
 mod pull;
 mod robust;
