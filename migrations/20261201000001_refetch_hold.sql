@@ -14,8 +14,10 @@ ALTER TABLE items ADD COLUMN last_request_ms INTEGER;
 -- (renewed from the end of each attempt), or the end of a same-id block the data host
 -- announced. The claim refuses an item while it holds.
 ALTER TABLE items ADD COLUMN hold_until_ms INTEGER;
--- What the hold waits for: 'refetch_delay' or 'same_id' (for `status` and the metrics).
-ALTER TABLE items ADD COLUMN hold_reason TEXT CHECK (hold_reason IN ('refetch_delay', 'same_id'));
+-- What the hold waits for: 'refetch_delay' or 'same_id' (for `status` and the metrics). No
+-- CHECK constraint: adding a column with one makes SQLite verify every existing row, which
+-- took 11 s on a million items; only src/state writes it.
+ALTER TABLE items ADD COLUMN hold_reason TEXT;
 
 -- Waiting rows that hold, for `status` and the gauges.
 CREATE INDEX items_held ON items (hold_until_ms) WHERE state = 'pending' AND hold_until_ms IS NOT NULL;

@@ -758,8 +758,9 @@ impl Store {
         .bind(error)
         .bind(if count_attempt { 0i64 } else { 1 })
         .bind(seq)
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(next_ms))
     }
 
     /// Back to the queue after a 429: the attempt is given back and the throttle counted.
@@ -785,8 +786,9 @@ impl Store {
         .bind(self.hold_after_attempt())
         .bind(error)
         .bind(seq)
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(next_ms))
     }
 
     /// Back to the queue after the data host blocked this id (429 "same data"): held until
@@ -812,8 +814,9 @@ impl Store {
         .bind(self.hold_after_attempt())
         .bind(error)
         .bind(seq)
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(until_ms))
     }
 
     /// Back to the queue without an attempt ending here (crash recovery: a previous run left it
@@ -1349,6 +1352,141 @@ fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Claimed, StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn item(id: &str) -> NewItem {
+        use crate::download::plan::{Compression, Layout};
+        NewItem {
+            source: Source::Jmafile,
+            id: id.into(),
+            serial: Some(1),
+            classification: "jmafile.x".into(),
+            received_ms: Some(now_ms()),
+            url: format!("https://data.api.dmdata.jp/v1/{id}"),
+            plan: Some(Plan {
+                compression: Compression::Gzip,
+                layout: Layout::Single { length: 1 },
+            }),
+            path: Some(format!("jmafile/x/{id}")),
+            refused: None,
+        }
+    }
+
+    /// Waits until the wall clock reaches `ms`.
+    async fn until(ms: i64) {
+        let left = ms - now_ms();
+        if left > 0 {
+            tokio::time::sleep(Duration::from_millis(left as u64 + 1)).await;
+        }
+    }
+
+    /// Whatever puts an item back in the queue (a retry, crash recovery, `retry-failed`), it
+    /// is not claimed again before refetch_delay has passed since its last request, and the
+    /// due time the workers sleep on says so.
+    #[tokio::test]
+    async fn no_path_back_to_the_queue_skips_the_refetch_hold() {
+        const DELAY: i64 = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.sqlite"))
+            .await
+            .unwrap()
+            .with_refetch_delay(Duration::from_millis(DELAY as u64));
+        store.insert(&[item("a")], now_ms()).await.unwrap();
+        let claimed_at = now_ms();
+        let a = store
+            .claim_next(claimed_at, &Claim::Any)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Crash recovery: held from the claim.
+        store.requeue(a.seq, None).await.unwrap();
+        let due = store.next_due_ms(&Claim::Any).await.unwrap().unwrap();
+        assert_eq!(due, claimed_at + DELAY);
+        assert!(
+            store
+                .claim_next(due - 1, &Claim::Any)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        until(due).await;
+        let a = store
+            .claim_next(now_ms(), &Claim::Any)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // A retry asked for "now" is due a refetch_delay after the attempt ended.
+        let ended = now_ms();
+        let due = store
+            .mark_retry(a.seq, Some("broken"), 0, true)
+            .await
+            .unwrap();
+        assert!(due > ended + DELAY, "{due} vs {ended}");
+        assert_eq!(store.next_due_ms(&Claim::Any).await.unwrap(), Some(due));
+        let waiting = store.waiting(ended).await.unwrap();
+        assert_eq!(waiting.items.len(), 1);
+        assert_eq!(waiting.items[0].reason, HoldReason::RefetchDelay);
+        assert_eq!(waiting.items[0].due_ms, due);
+        assert!(
+            store
+                .claim_next(due - 1, &Claim::Any)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // Failed, then `retry-failed` at once: still held.
+        until(due).await;
+        let a = store
+            .claim_next(now_ms(), &Claim::Any)
+            .await
+            .unwrap()
+            .unwrap();
+        let failed_at = now_ms();
+        store.mark_failed(a.seq, "gone", failed_at).await.unwrap();
+        assert_eq!(store.retry_failed(None, None).await.unwrap(), (1, 0));
+        let due = store.next_due_ms(&Claim::Any).await.unwrap().unwrap();
+        assert!(due > failed_at + DELAY, "{due} vs {failed_at}");
+        assert!(
+            store
+                .claim_next(due - 1, &Claim::Any)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // A same-id block holds past refetch_delay, and says why.
+        until(due).await;
+        let a = store
+            .claim_next(now_ms(), &Claim::Any)
+            .await
+            .unwrap()
+            .unwrap();
+        let blocked_until = now_ms() + 2_700_000;
+        let due = store
+            .mark_same_id_blocked(a.seq, "429 same data", blocked_until)
+            .await
+            .unwrap();
+        assert_eq!(due, blocked_until);
+        assert!(
+            store
+                .claim_next(due - 1, &Claim::Any)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let waiting = store.waiting(now_ms()).await.unwrap();
+        assert_eq!(waiting.items[0].reason, HoldReason::SameId);
+        let (_, attempts, ..) = store
+            .item_state(Source::Jmafile, "a")
+            .await
+            .unwrap()
+            .unwrap();
+        // `retry-failed` reset the attempts; the block gave the claim's back.
+        assert_eq!(attempts, 0);
+        store.close().await;
+    }
 
     /// No pool of ours starts sqlx's maintenance task (see [`pool_options`]): once the stores
     /// are open and have answered, the runtime holds no task of theirs.
