@@ -216,7 +216,7 @@ pub struct DownloadSettings {
     /// No item's url is requested again sooner than this after the previous request of the
     /// same id, whatever the reason (retry, restart, `retry-failed`). The data hosts block an
     /// id that is fetched again soon (§15 of the API notes), so a broken body is not re-fetched
-    /// after a second or two.
+    /// after a second or two. `0` turns the hold off (the simulator, benchmarks).
     #[serde(with = "humantime_serde")]
     pub refetch_delay: Duration,
     /// How long an id waits after a data host answered 429 `Don't try to get the same data.`
@@ -581,16 +581,23 @@ impl Settings {
         }
         // At most an hour: no retry is ever scheduled further ahead than that (a schedule two
         // hours ahead is taken for a wall clock that went back, see state::CLOCK_JUMP_MS).
-        for (key, value) in [
-            ("download.refetch_delay", dl.refetch_delay),
-            ("download.same_id_backoff", dl.same_id_backoff),
+        // refetch_delay may be 0 (the simulator, benchmarks); a blocked id never retries at
+        // once.
+        for (key, value, min) in [
+            ("download.refetch_delay", dl.refetch_delay, Duration::ZERO),
+            (
+                "download.same_id_backoff",
+                dl.same_id_backoff,
+                Duration::from_secs(1),
+            ),
         ] {
-            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&value) {
+            if !(min..=Duration::from_secs(3600)).contains(&value) {
                 return Err(ConfigError::invalid(
                     key,
                     format!(
-                        "{} is out of range 1s..=1h",
-                        humantime::format_duration(value)
+                        "{} is out of range {}..=1h",
+                        humantime::format_duration(value),
+                        humantime::format_duration(min)
                     ),
                 ));
             }
@@ -789,7 +796,7 @@ mod tests {
                 "jmafile.types",
             ),
             (
-                &[("JMA_POLLER__DOWNLOAD__REFETCH_DELAY", "0s")],
+                &[("JMA_POLLER__DOWNLOAD__REFETCH_DELAY", "2h")],
                 "download.refetch_delay",
             ),
             (

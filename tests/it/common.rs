@@ -34,10 +34,10 @@ pub async fn sim(interval_ms: u64) -> Sim {
     .expect("simulator starts")
 }
 
-/// `download.refetch_delay` in tests: the 60 s default scaled down, so retries come about as
-/// soon as the backoff allows (1–2 s) while every path still goes through the hold. Tests of
-/// the hold itself set their own.
-pub const TEST_REFETCH_DELAY: Duration = Duration::from_secs(1);
+/// `download.refetch_delay` in tests: the 60 s default scaled down below the retry backoff
+/// (1–2 s), so retries and restarts come as soon as they did before the hold existed while
+/// every path still goes through it. Tests of the hold itself set their own.
+pub const TEST_REFETCH_DELAY: Duration = Duration::from_millis(250);
 
 pub struct Env {
     pub root: tempfile::TempDir,
