@@ -138,7 +138,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     );
     let db_path = settings.storage.database_path();
     let hooks_on = !settings.hooks.on_file.is_empty();
-    let store = Store::open(&db_path).await?.with_hooks(hooks_on);
+    let store = Store::open(&db_path)
+        .await?
+        .with_hooks(hooks_on)
+        .with_refetch_delay(settings.download.refetch_delay);
     let client = client(&settings, key, &store).await?;
     let health = Arc::new(Health::default());
     health.set_files(store.done_count().await?);

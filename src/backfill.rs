@@ -110,7 +110,8 @@ pub async fn run(
     // Items landed here get their hook run recorded; the daemon's runner executes it.
     let store = Store::open(&settings.storage.database_path())
         .await?
-        .with_hooks(!settings.hooks.on_file.is_empty());
+        .with_hooks(!settings.hooks.on_file.is_empty())
+        .with_refetch_delay(settings.download.refetch_delay);
     let client = crate::app::client(&settings, key, &store).await?;
     let listing = list_archives(
         &client,

@@ -627,6 +627,50 @@ fn print_stream_plan(settings: &Settings) {
     }
 }
 
+/// The ids held back before their next request (download.refetch_delay, or a same-id block
+/// from the data host), soonest first.
+fn print_waiting(waiting: &crate::state::Waiting) {
+    if waiting.counts.is_empty() {
+        return;
+    }
+    let parts: Vec<String> = waiting
+        .counts
+        .iter()
+        .map(|c| format!("{} on {}", c.items, c.reason.as_str()))
+        .collect();
+    println!("waiting before the next request: {}", parts.join(", "));
+    for w in &waiting.items {
+        println!(
+            "  {} {} serial {} [{}] {}: due {}",
+            w.source,
+            w.id,
+            w.serial.map_or("-".into(), |s| s.to_string()),
+            w.classification,
+            w.reason.as_str(),
+            due(w.due_ms)
+        );
+    }
+    if waiting.more > 0 {
+        println!("  … and {} more", waiting.more);
+    }
+}
+
+/// "in 44m 10s (2026-12-01T10:00:00Z)".
+fn due(ms: i64) -> String {
+    let secs = ((ms - now_ms()).max(0) / 1000) as u64;
+    let at = time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    format!(
+        "in {} ({at})",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
+}
+
 fn ago(ms: Option<i64>) -> String {
     match ms {
         None => "never".into(),
@@ -728,6 +772,7 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         println!("hook runs: {}", parts.join(", "));
     }
     println!("last landed: {}", ago(report.last_landed_ms));
+    print_waiting(&report.waiting);
     if !report.recent_errors.is_empty() {
         println!("recent errors:");
         for e in &report.recent_errors {

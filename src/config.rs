@@ -219,6 +219,16 @@ pub struct DownloadSettings {
     /// A body that sends nothing for this long is abandoned and retried.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// No item's url is requested again sooner than this after the previous request of the
+    /// same id, whatever the reason (retry, restart, `retry-failed`). The data hosts block an
+    /// id that is fetched again soon (§15 of the API notes), so a broken body is not re-fetched
+    /// after a second or two. `0` turns the hold off (the simulator, benchmarks).
+    #[serde(with = "humantime_serde")]
+    pub refetch_delay: Duration,
+    /// How long an id waits after a data host answered 429 `Don't try to get the same data.`
+    /// for it: such a block was seen to last about 40 minutes, for that id only.
+    #[serde(with = "humantime_serde")]
+    pub same_id_backoff: Duration,
 }
 
 impl Default for DownloadSettings {
@@ -228,6 +238,8 @@ impl Default for DownloadSettings {
             max_attempts: 8,
             max_size: ByteSize::gib(1),
             read_timeout: Duration::from_secs(60),
+            refetch_delay: Duration::from_secs(60),
+            same_id_backoff: Duration::from_secs(45 * 60),
         }
     }
 }
@@ -240,12 +252,14 @@ pub struct LimitSettings {
     #[serde(with = "humantime_serde")]
     pub data_window: Duration,
     /// How many body downloads may go out back to back before pacing spreads the rest evenly.
-    pub data_burst: u32,
+    /// Unset = [`LimitSettings::effective_data_burst`]. Read it through that method.
+    pub data_burst: Option<u32>,
     /// List calls under `api.base_url` allowed per `api_window`; 0 = unlimited.
     pub api_requests: u32,
     #[serde(with = "humantime_serde")]
     pub api_window: Duration,
-    pub api_burst: u32,
+    /// Unset = [`LimitSettings::effective_api_burst`]. Read it through that method.
+    pub api_burst: Option<u32>,
 }
 
 impl Default for LimitSettings {
@@ -253,11 +267,31 @@ impl Default for LimitSettings {
         LimitSettings {
             data_requests: 50,
             data_window: Duration::from_secs(300),
-            data_burst: 10,
+            data_burst: None,
             api_requests: 2000,
             api_window: Duration::from_secs(600),
-            api_burst: 20,
+            api_burst: None,
         }
+    }
+}
+
+/// Default bursts: a fixed size that suits the provider's limits, but never more than the
+/// budget itself, so a smaller contract (`data_requests = 8`) works without also setting the
+/// burst.
+const DEFAULT_DATA_BURST: u32 = 10;
+const DEFAULT_API_BURST: u32 = 20;
+
+impl LimitSettings {
+    /// The data burst in force: `data_burst` if set, else `min(10, data_requests)`.
+    pub fn effective_data_burst(&self) -> u32 {
+        self.data_burst
+            .unwrap_or(DEFAULT_DATA_BURST.min(self.data_requests))
+    }
+
+    /// The list-call burst in force: `api_burst` if set, else `min(20, api_requests)`.
+    pub fn effective_api_burst(&self) -> u32 {
+        self.api_burst
+            .unwrap_or(DEFAULT_API_BURST.min(self.api_requests))
     }
 }
 
@@ -542,11 +576,44 @@ impl Settings {
                 "must be at least 1s",
             ));
         }
+        // At most an hour: no retry is ever scheduled further ahead than that (a schedule two
+        // hours ahead is taken for a wall clock that went back, see state::CLOCK_JUMP_MS).
+        // refetch_delay may be 0 (the simulator, benchmarks); a blocked id never retries at
+        // once.
+        for (key, value, min) in [
+            ("download.refetch_delay", dl.refetch_delay, Duration::ZERO),
+            (
+                "download.same_id_backoff",
+                dl.same_id_backoff,
+                Duration::from_secs(1),
+            ),
+        ] {
+            if !(min..=Duration::from_secs(3600)).contains(&value) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "{} is out of range {}..=1h",
+                        humantime::format_duration(value),
+                        humantime::format_duration(min)
+                    ),
+                ));
+            }
+        }
 
         let l = &self.limits;
         for (prefix, requests, window, burst) in [
-            ("limits.data", l.data_requests, l.data_window, l.data_burst),
-            ("limits.api", l.api_requests, l.api_window, l.api_burst),
+            (
+                "limits.data",
+                l.data_requests,
+                l.data_window,
+                l.effective_data_burst(),
+            ),
+            (
+                "limits.api",
+                l.api_requests,
+                l.api_window,
+                l.effective_api_burst(),
+            ),
         ] {
             if requests == 0 {
                 continue;
@@ -629,6 +696,8 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         shown.storage.database = Some(self.storage.database_path());
+        shown.limits.data_burst = Some(self.limits.effective_data_burst());
+        shown.limits.api_burst = Some(self.limits.effective_api_burst());
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -667,6 +736,8 @@ mod tests {
         assert_eq!(s.limits.data_window, Duration::from_secs(300));
         assert_eq!(s.limits.api_requests, 2000);
         assert_eq!(s.limits.api_window, Duration::from_secs(600));
+        assert_eq!(s.download.refetch_delay, Duration::from_secs(60));
+        assert_eq!(s.download.same_id_backoff, Duration::from_secs(2700));
     }
 
     #[test]
@@ -721,6 +792,28 @@ mod tests {
                 &[("JMA_POLLER__JMAFILE__TYPES", "RDR_GPV,SRF GPV")],
                 "jmafile.types[1]",
             ),
+            (
+                &[("JMA_POLLER__DOWNLOAD__REFETCH_DELAY", "2h")],
+                "download.refetch_delay",
+            ),
+            (
+                &[("JMA_POLLER__DOWNLOAD__SAME_ID_BACKOFF", "3h")],
+                "download.same_id_backoff",
+            ),
+            (
+                &[
+                    ("JMA_POLLER__LIMITS__DATA_REQUESTS", "8"),
+                    ("JMA_POLLER__LIMITS__DATA_BURST", "9"),
+                ],
+                "limits.data_burst",
+            ),
+            (
+                &[
+                    ("JMA_POLLER__LIMITS__API_REQUESTS", "5"),
+                    ("JMA_POLLER__LIMITS__API_BURST", "6"),
+                ],
+                "limits.api_burst",
+            ),
         ];
         for (vars, key) in cases {
             let msg = err_of(load_from(None, env(vars)));
@@ -736,6 +829,36 @@ mod tests {
         let six = six.replace(' ', "");
         let s = load_from(None, env(&[("JMA_POLLER__JMAFILE__TYPES", &six)])).unwrap();
         assert_eq!(s.jmafile.types.len(), 6);
+    }
+
+    #[test]
+    fn bursts_default_to_what_the_budget_allows_and_check_config_shows_them() {
+        let s = load_from(None, env(&[])).unwrap();
+        assert_eq!(s.limits.effective_data_burst(), 10);
+        assert_eq!(s.limits.effective_api_burst(), 20);
+        let s = load_from(
+            None,
+            env(&[
+                ("JMA_POLLER__LIMITS__DATA_REQUESTS", "8"),
+                ("JMA_POLLER__LIMITS__API_REQUESTS", "12"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.limits.effective_data_burst(), 8);
+        assert_eq!(s.limits.effective_api_burst(), 12);
+        let shown = s.to_toml();
+        assert!(shown.contains("data_burst = 8"), "{shown}");
+        assert!(shown.contains("api_burst = 12"), "{shown}");
+        // An explicit burst within the budget is kept as given.
+        let s = load_from(
+            None,
+            env(&[
+                ("JMA_POLLER__LIMITS__DATA_REQUESTS", "8"),
+                ("JMA_POLLER__LIMITS__DATA_BURST", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.limits.effective_data_burst(), 3);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
-use crate::state::{Store, now_ms};
+use crate::state::{HoldReason, Store, now_ms};
 
 #[derive(Clone)]
 struct Ctx {
@@ -90,7 +90,8 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
     "ready\n".into_response()
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    refresh_waiting(&ctx.store).await;
     let handle = crate::telemetry::metrics();
     handle.run_upkeep();
     (
@@ -101,4 +102,24 @@ async fn metrics() -> Response {
         handle.render(),
     )
         .into_response()
+}
+
+/// The ids held back before their next request, as gauges read at each scrape (counts per
+/// reason and the earliest due time; no per-id labels). Left as they were if the database
+/// does not answer.
+async fn refresh_waiting(store: &Store) {
+    let Ok(waiting) = store.waiting(now_ms()).await else {
+        return;
+    };
+    for reason in [HoldReason::RefetchDelay, HoldReason::SameId] {
+        let n = waiting
+            .counts
+            .iter()
+            .find(|c| c.reason == reason)
+            .map_or(0, |c| c.items);
+        metrics::gauge!("jma_poller_items_waiting", "reason" => reason.as_str()).set(n as f64);
+    }
+    let next = waiting.counts.iter().map(|c| c.next_due_ms).min();
+    metrics::gauge!("jma_poller_items_waiting_next_due_timestamp_seconds")
+        .set(next.map_or(0.0, |ms| ms as f64 / 1000.0));
 }

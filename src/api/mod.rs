@@ -119,6 +119,13 @@ impl ApiError {
         }
     }
 
+    /// A data host's block of one id: HTTP 429 whose plain-text body says "same data" (the
+    /// live text is `Don't try to get the same data.`). It is about that id alone, not the
+    /// request budget: other ids may go on while this one waits.
+    pub fn is_same_id_block(&self) -> bool {
+        matches!(self, ApiError::Status { status: 429, message, .. } if says_same_data(message))
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::Status { retry_after, .. } => *retry_after,
@@ -189,8 +196,13 @@ impl Client {
             base: settings.api.base_url.clone(),
             key,
             trusted,
-            api_budget: Budget::new("api", l.api_requests, l.api_window, l.api_burst),
-            data_budget: Budget::new("data", l.data_requests, l.data_window, l.data_burst),
+            api_budget: Budget::new("api", l.api_requests, l.api_window, l.effective_api_burst()),
+            data_budget: Budget::new(
+                "data",
+                l.data_requests,
+                l.data_window,
+                l.effective_data_burst(),
+            ),
             list_timeout: settings.api.timeout,
         })
     }
@@ -319,8 +331,14 @@ fn build_failure(e: &reqwest::Error) -> String {
     text
 }
 
+/// The documented phrase of a per-id block, matched case-insensitively.
+fn says_same_data(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("same data")
+}
+
 /// Turns a non-2xx response into an [`ApiError`]; a 429 also pauses `budget` for Retry-After
-/// (or 30 s), since the provider's WAF counts per host and client.
+/// (or 30 s), since the provider's WAF counts per host and client, unless its body says the
+/// block is about one id ([`ApiError::is_same_id_block`]).
 async fn status_error(
     endpoint: &str,
     response: reqwest::Response,
@@ -333,19 +351,21 @@ async fn status_error(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::backoff::parse_retry_after);
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        metrics::counter!("jma_poller_http_429_total", "budget" => budget.name()).increment(1);
-        let pause = retry_after
-            .unwrap_or(Duration::from_secs(30))
-            .min(MAX_RETRY_AFTER);
-        budget.pause_until(tokio::time::Instant::now() + pause);
-    }
     // Error bodies are the JSON envelope on api.dmdata.jp and plain text on data hosts;
     // read at most a few KiB of either.
     let body = read_limited(response, 4096).await;
     let message = serde_json::from_slice::<ErrorEnvelope>(&body)
         .map(|e| e.error.message)
         .unwrap_or_else(|_| snippet(&body));
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        metrics::counter!("jma_poller_http_429_total", "budget" => budget.name()).increment(1);
+        if !says_same_data(&message) {
+            let pause = retry_after
+                .unwrap_or(Duration::from_secs(30))
+                .min(MAX_RETRY_AFTER);
+            budget.pause_until(tokio::time::Instant::now() + pause);
+        }
+    }
     if status == StatusCode::BAD_REQUEST
         && sent_cursor
         && message.to_ascii_lowercase().contains("cursor")
@@ -386,4 +406,27 @@ fn snippet(body: &[u8]) -> String {
         s.push('…');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: u16, message: &str) -> ApiError {
+        ApiError::Status {
+            endpoint: "/v1/x".into(),
+            status: code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn a_per_id_block_is_told_apart_from_other_429s_by_its_body() {
+        assert!(status(429, "Don't try to get the same data.").is_same_id_block());
+        assert!(status(429, "DON'T TRY TO GET THE SAME DATA").is_same_id_block());
+        assert!(!status(429, "Too Many Requests").is_same_id_block());
+        assert!(!status(429, "").is_same_id_block());
+        assert!(!status(503, "same data").is_same_id_block());
+    }
 }

@@ -59,6 +59,9 @@ enum Next {
     /// HTTP 429: back off (honouring Retry-After, growing to 45 minutes: the provider has been
     /// seen blocking one id for about 40), but never use up attempts.
     Throttled { retry_after: Option<Duration> },
+    /// HTTP 429 "Don't try to get the same data.": the data host blocks this id alone. Wait
+    /// `download.same_id_backoff` at once; no attempt used, the data budget left alone.
+    SameId,
     /// Permanent: mark the item failed.
     Fail,
     /// Not the item's fault (full disk, refused key): pause every worker, attempt not counted.
@@ -99,6 +102,7 @@ impl FetchError {
                         wait: Duration::from_secs(300),
                     }
                 }
+                Some(429) if e.is_same_id_block() => Next::SameId,
                 Some(429) => Next::Throttled {
                     retry_after: e.retry_after(),
                 },
@@ -148,6 +152,22 @@ impl FetchError {
 /// An idle worker looks at the queue this often even without a wake-up, to notice items that
 /// another process (`jma-poller backfill`) queued.
 const IDLE_RECHECK_MS: i64 = 15_000;
+
+/// An idle worker waits at least this long before looking again, even when an item looks due:
+/// it may be one the claim refuses (another worker took it, or it is held after a clock
+/// jump), and looking again at once would spin.
+const IDLE_FLOOR_MS: i64 = 100;
+
+/// A unix-ms time as RFC 3339 (UTC), for log lines.
+fn fmt_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
 
 /// Outcome of one [`Downloader::step`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,13 +287,11 @@ impl Downloader {
                 }
                 Some(Err(e)) => {
                     warn!(event = "requeued", id = %item.id, path = %item.path, error = %e, "found in place but cannot be made durable; fetching again");
-                    self.store
-                        .mark_retry(item.seq, Some(&e.to_string()), 0, true)
-                        .await?;
+                    self.store.requeue(item.seq, Some(&e.to_string())).await?;
                     requeued += 1;
                 }
                 None => {
-                    self.store.mark_retry(item.seq, None, 0, true).await?;
+                    self.store.requeue(item.seq, None).await?;
                     requeued += 1;
                 }
             }
@@ -425,6 +443,7 @@ impl Downloader {
         let next = e.next(item);
         let source = item.source.as_str();
         let reason = match &e {
+            FetchError::Api(a) if a.is_same_id_block() => "same_id",
             FetchError::Api(a) => a.status().map_or("network", |_| "http"),
             FetchError::Decode(DecodeError::Network(_)) => "network",
             FetchError::Decode(DecodeError::Corrupt(_)) => "corrupt",
@@ -507,7 +526,8 @@ impl Downloader {
                     retry_after,
                     Duration::from_secs(3600),
                 );
-                self.store
+                let due = self
+                    .store
                     .mark_throttled(item.seq, &error, now_ms() + wait.as_millis() as i64)
                     .await?;
                 warn!(
@@ -517,19 +537,41 @@ impl Downloader {
                     serial = item.serial,
                     classification = %item.classification,
                     throttles = item.throttles + 1,
-                    retry_in_ms = wait.as_millis() as u64,
+                    retry_in_ms = (due - now_ms()).max(0),
                     error = %error,
                     "rate limited (429); backing off this item and the data budget"
                 );
                 Ok(Step::Retrying)
             }
+            Next::SameId => {
+                // Rounded up, so the wait is never shorter than same_id_backoff.
+                let until = now_ms() + 1 + self.settings.same_id_backoff.as_millis() as i64;
+                let due = self
+                    .store
+                    .mark_same_id_blocked(item.seq, &error, until)
+                    .await?;
+                warn!(
+                    event = "same_id_blocked",
+                    source = item.source.as_str(),
+                    id = %item.id,
+                    serial = item.serial,
+                    classification = %item.classification,
+                    until = %fmt_ms(due),
+                    retry_in_ms = (due - now_ms()).max(0),
+                    error = %error,
+                    "the data host blocks this id for now (429 \"same data\"); it waits download.same_id_backoff, other ids go on"
+                );
+                Ok(Step::Retrying)
+            }
+            // Not sooner than the backoff, nor than refetch_delay after this request.
             Next::Retry { base, retry_after } => {
                 let wait = crate::backoff::honour_retry_after(
                     crate::backoff::delay(item.attempts, base, Duration::from_secs(1800)),
                     retry_after,
                     Duration::from_secs(3600),
                 );
-                self.store
+                let due = self
+                    .store
                     .mark_retry(
                         item.seq,
                         Some(&error),
@@ -545,7 +587,7 @@ impl Downloader {
                     classification = %item.classification,
                     attempt = item.attempts,
                     ms,
-                    retry_in_ms = wait.as_millis() as u64,
+                    retry_in_ms = (due - now_ms()).max(0),
                     error = %error,
                     "download failed; will retry"
                 );
@@ -659,9 +701,9 @@ impl Downloader {
                     store_failures.recovered();
                     self.sweep_orphans().await;
                     let wait = match self.store.next_due_ms(&claim).await {
-                        Ok(Some(due)) => {
-                            Duration::from_millis((due - now_ms()).clamp(0, IDLE_RECHECK_MS) as u64)
-                        }
+                        Ok(Some(due)) => Duration::from_millis(
+                            (due - now_ms()).clamp(IDLE_FLOOR_MS, IDLE_RECHECK_MS) as u64,
+                        ),
                         _ => Duration::from_millis(IDLE_RECHECK_MS as u64),
                     };
                     tokio::select! {

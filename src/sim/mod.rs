@@ -9,8 +9,10 @@
 //! 2–5 = exact full identifiers, more = 400) and `datetime` filters; opaque base64url cursor tokens; `nextPooling` always, `nextToken` only when more
 //! remain; `nextPoolingInterval`; the 1-month window (hidden from lists, 403 on bodies);
 //! `Dmdata-*` headers and no `Content-Encoding`; 429 from per-host budgets (50 per 5 minutes on
-//! data, 2000 per 10 minutes on lists); serials as strings. With [`SimConfig::tls`] it speaks
-//! TLS 1.2/1.3 with HTTP/2 or HTTP/1.1 by ALPN, as the live service does ([`tls`]).
+//! data, 2000 per 10 minutes on lists); a per-id 429 block (`Don't try to get the same data.`)
+//! on a quick re-fetch when `repeat_fetch_window` is set; serials as strings. With
+//! [`SimConfig::tls`] it speaks TLS 1.2/1.3 with HTTP/2 or HTTP/1.1 by ALPN, as the live service
+//! does ([`tls`]).
 
 pub mod archive;
 pub mod bench;
@@ -55,9 +57,13 @@ pub struct SimConfig {
     pub api_limit: Option<(u32, Duration)>,
     /// Retry-After seconds sent with a 429 (the WAF's real headers are undocumented).
     pub retry_after_on_429: Option<u64>,
-    /// A second body request for the same id within this window gets the observed
-    /// 429 `Don't try to get the same data.`
+    /// A body request for an id requested less than this long before starts a per-id block
+    /// (`repeat_fetch_block`): as seen on the live data hosts (§15), every request of that id
+    /// then gets 429 with the plain-text body `Don't try to get the same data.`, while other
+    /// ids and the data budget are untouched. None = off.
     pub repeat_fetch_window: Option<Duration>,
+    /// How long such a block lasts (about 40 minutes upstream).
+    pub repeat_fetch_block: Duration,
     /// Items older than this are hidden from lists and 403 on bodies (the 1-month window).
     pub retention: Duration,
     /// Send `length`, `fileSize` and `nextPoolingInterval` as strings too (the docs allow it).
@@ -91,6 +97,7 @@ impl Default for SimConfig {
             api_limit: Some((2000, Duration::from_secs(600))),
             retry_after_on_429: None,
             repeat_fetch_window: None,
+            repeat_fetch_block: Duration::from_secs(40 * 60),
             retention: Duration::from_secs(31 * 86_400),
             numbers_as_strings: false,
             archive_endless: false,
@@ -231,7 +238,10 @@ struct World {
     next_serial: u64,
     /// Tokens issued before this epoch are refused (`expire_tokens`).
     epoch: u64,
+    /// When each id was last requested (any answer but a block's).
     fetched_at: HashMap<String, Instant>,
+    /// Ids blocked for a quick re-fetch, and until when.
+    blocked_until: HashMap<String, Instant>,
     rng_seed: u64,
     last_received: Option<OffsetDateTime>,
     archives: Vec<SimArchive>,

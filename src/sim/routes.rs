@@ -582,6 +582,9 @@ fn data_request(
             text_error(401, "Authentication required."),
         ));
     }
+    if let Some(blocked) = same_id_block(inner, id) {
+        return Err(record(inner, req, blocked));
+    }
     let retry_after = lock(&inner.config).retry_after_on_429;
     if let Some(b) = lock(&inner.data_bucket).as_mut()
         && !b.take()
@@ -591,6 +594,32 @@ fn data_request(
         return Err(record(inner, req, r));
     }
     Ok((req, q))
+}
+
+/// The live data hosts' answer to an id fetched again soon: a block of that id alone, before
+/// (and without touching) the host's request budget. A request outside any block is noted as
+/// the id's latest; once a block is over, the id starts afresh.
+fn same_id_block(inner: &Inner, id: &str) -> Option<Response> {
+    let (window, block) = {
+        let c = lock(&inner.config);
+        (c.repeat_fetch_window, c.repeat_fetch_block)
+    };
+    let now = Instant::now();
+    let mut w = lock(&inner.world);
+    let blocked = w.blocked_until.get(id).is_some_and(|until| now < *until)
+        || match (window, w.fetched_at.get(id)) {
+            (Some(window), Some(last)) if now.duration_since(*last) < window => {
+                w.blocked_until.insert(id.to_owned(), now + block);
+                w.fetched_at.remove(id);
+                true
+            }
+            _ => false,
+        };
+    if blocked {
+        return Some(text_error(429, "Don't try to get the same data."));
+    }
+    w.fetched_at.insert(id.to_owned(), now);
+    None
 }
 
 async fn jmafile_data(
@@ -668,7 +697,6 @@ fn serve_body(
     id: &str,
     found: Found,
 ) -> Response {
-    let config = lock(&inner.config).clone();
     let compressed = found.content_type == "application/gzip"
         || found
             .headers
@@ -680,19 +708,6 @@ fn serve_body(
             req,
             text_error(403, "Out of the period you may view."),
         );
-    }
-    if let Some(window) = config.repeat_fetch_window {
-        let recently = lock(&inner.world)
-            .fetched_at
-            .get(id)
-            .is_some_and(|t| t.elapsed() < window);
-        if recently {
-            return record(
-                inner,
-                req,
-                text_error(429, "Don't try to get the same data."),
-            );
-        }
     }
     let len = found.payload.len();
     let fault = {
@@ -740,10 +755,6 @@ fn serve_body(
         }
         _ => {}
     }
-    lock(&inner.world)
-        .fetched_at
-        .insert(id.to_owned(), Instant::now());
-
     let mut payload = found.payload;
     let mut extra_headers = found.headers;
     if let (Some("true"), Some(json)) = (param(q, "headers"), found.headers_json) {

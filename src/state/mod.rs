@@ -48,6 +48,17 @@ pub enum StoreError {
 /// jump must not stall the queue.
 pub const CLOCK_JUMP_MS: i64 = 7_200_000;
 
+/// A request recorded more than this in the future was recorded before the wall clock went
+/// back: its hold is ignored rather than trusted to stall the item for the size of the jump.
+pub const CLOCK_BACK_MS: i64 = 5_000;
+
+/// `download.refetch_delay`'s default, used by a store nobody configured (the polite side).
+const DEFAULT_REFETCH_MS: i64 = 60_000;
+
+/// At most this many waiting ids are listed by [`Store::waiting`] (`status`); the rest are
+/// counted.
+pub const WAITING_LISTED: i64 = 20;
+
 /// Milliseconds since the Unix epoch, the time unit of every column.
 pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
@@ -204,6 +215,64 @@ pub struct CursorStatus {
     pub last_error_ms: Option<i64>,
 }
 
+/// Why an item is held back before its url may be requested again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldReason {
+    /// `download.refetch_delay` after the previous request of the same id.
+    RefetchDelay,
+    /// The data host blocked this id (429 "same data"): `download.same_id_backoff`.
+    SameId,
+}
+
+impl HoldReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldReason::RefetchDelay => "refetch_delay",
+            HoldReason::SameId => "same_id",
+        }
+    }
+    fn parse(s: &str) -> Option<HoldReason> {
+        match s {
+            "refetch_delay" => Some(HoldReason::RefetchDelay),
+            "same_id" => Some(HoldReason::SameId),
+            _ => None,
+        }
+    }
+}
+
+/// Items waiting on a hold, per reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitingCount {
+    pub reason: HoldReason,
+    pub items: i64,
+    /// When the first of them is due (unix ms).
+    pub next_due_ms: i64,
+}
+
+/// One item waiting on a hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitingItem {
+    pub source: String,
+    pub id: String,
+    pub serial: Option<i64>,
+    pub classification: String,
+    pub reason: HoldReason,
+    /// When it may be requested again (unix ms).
+    pub due_ms: i64,
+    pub last_request_ms: Option<i64>,
+}
+
+/// Items whose next request waits on `download.refetch_delay` or a same-id block.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Waiting {
+    pub counts: Vec<WaitingCount>,
+    /// The first [`WAITING_LISTED`] by due time.
+    pub items: Vec<WaitingItem>,
+    /// How many more wait beyond those listed.
+    pub more: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub cursors: Vec<CursorStatus>,
@@ -214,6 +283,8 @@ pub struct StatusReport {
     pub hooks: Vec<(String, i64)>,
     pub last_landed_ms: Option<i64>,
     pub recent_errors: Vec<RecentError>,
+    /// Ids held back before their next request.
+    pub waiting: Waiting,
 }
 
 /// What `commit_poll` did.
@@ -231,6 +302,8 @@ pub struct Store {
     pool: SqlitePool,
     /// `hooks.on_file` is set: every item marked done also gets a hook row.
     hooks: bool,
+    /// `download.refetch_delay` in ms: each request of an id holds it back this long.
+    refetch_ms: i64,
 }
 
 /// How a hook run ended.
@@ -325,13 +398,31 @@ impl Store {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Store { pool, hooks: false })
+        Ok(Store {
+            pool,
+            hooks: false,
+            refetch_ms: DEFAULT_REFETCH_MS,
+        })
     }
 
     /// Records a hook run for every item marked done from now on (`hooks.on_file` is set).
     pub fn with_hooks(mut self, enabled: bool) -> Store {
         self.hooks = enabled;
         self
+    }
+
+    /// Each request of an id holds the id back this long (`download.refetch_delay`), from
+    /// the claim and again from the end of the attempt.
+    pub fn with_refetch_delay(mut self, delay: Duration) -> Store {
+        self.refetch_ms = delay.as_millis().min(i64::MAX as u128) as i64;
+        self
+    }
+
+    /// The hold an attempt ending now leaves: refetch_delay from now, rounded up to the next
+    /// millisecond so that it is never shorter than the delay, counted from the moment the
+    /// server saw the request.
+    fn hold_after_attempt(&self) -> i64 {
+        now_ms() + 1 + self.refetch_ms
     }
 
     /// Opens an existing database for reading only (`status` while the daemon runs).
@@ -372,7 +463,11 @@ impl Store {
                 source: sqlx::Error::Protocol("not a jma-poller database".into()),
             });
         }
-        Ok(Store { pool, hooks: false })
+        Ok(Store {
+            pool,
+            hooks: false,
+            refetch_ms: DEFAULT_REFETCH_MS,
+        })
     }
 
     pub async fn close(&self) {
@@ -602,7 +697,10 @@ impl Store {
     }
 
     /// Claims the next due item (jmafile before archives, oldest first) and logs the body
-    /// request it is about to make, in one transaction.
+    /// request it is about to make, in one transaction. The same transaction records the
+    /// request on the row and holds the id back for `refetch_delay`, before anything is sent;
+    /// an item still held by an earlier request (or a same-id block) is never claimed, however
+    /// it came back to the queue.
     ///
     /// The queue queries name their partial indexes (`INDEXED BY`): left to itself the planner
     /// picked `items_state` and sorted every waiting row on each claim, which made draining a
@@ -612,10 +710,15 @@ impl Store {
         let (jmafile_only, classification, from, to) = claim.params();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
-            "UPDATE items SET state = 'fetching', attempts = attempts + 1, started_ms = ?1
+            "UPDATE items SET state = 'fetching', attempts = attempts + 1, started_ms = ?1,
+                              last_request_ms = ?1, hold_until_ms = ?1 + ?6,
+                              hold_reason = 'refetch_delay'
              WHERE seq = (SELECT seq FROM items INDEXED BY items_queue
                           WHERE state = 'pending'
                             AND (next_attempt_ms <= ?1 OR next_attempt_ms > ?1 + 7200000) -- CLOCK_JUMP_MS
+                            AND (hold_until_ms IS NULL OR hold_until_ms <= ?1
+                                 OR hold_until_ms > ?1 + 7200000        -- CLOCK_JUMP_MS
+                                 OR last_request_ms > ?1 + 5000)        -- CLOCK_BACK_MS
                             AND (?2 = 0 OR source = 'jmafile')
                             AND (?3 IS NULL OR (source = 'archive' AND classification = ?3
                                                 AND received_ms BETWEEN ?4 AND ?5))
@@ -628,6 +731,7 @@ impl Store {
         .bind(classification)
         .bind(from)
         .bind(to)
+        .bind(self.refetch_ms)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -655,15 +759,20 @@ impl Store {
     }
 
     /// Marks an item done; with hooks on, its hook run is recorded in the same transaction, so
-    /// no crash can land an item without its hook (at least once).
+    /// no crash can land an item without its hook (at least once). The id stays held for
+    /// refetch_delay, should anything ever queue it again.
     pub async fn mark_done(&self, seq: i64, bytes: u64, now: i64) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "UPDATE items SET state = 'done', bytes = ?, finished_ms = ?, last_error = NULL
-             WHERE seq = ?",
+            "UPDATE items SET state = 'done', bytes = ?1, finished_ms = ?2, last_error = NULL,
+                              hold_until_ms = MAX(COALESCE(hold_until_ms, 0), ?3),
+                              hold_reason = CASE WHEN COALESCE(hold_until_ms, 0) >= ?3
+                                                 THEN hold_reason ELSE 'refetch_delay' END
+             WHERE seq = ?4",
         )
         .bind(bytes as i64)
         .bind(now)
+        .bind(self.hold_after_attempt())
         .bind(seq)
         .execute(&mut *tx)
         .await?;
@@ -757,43 +866,102 @@ impl Store {
         )
     }
 
-    /// Back to the queue after `next_ms`. `count_attempt = false` undoes the claim's attempt
-    /// (shutdown, a full disk or a refused key are not the item's fault).
+    /// Back to the queue after an attempt, due at `next_ms` or when the id's hold ends,
+    /// whichever is later: the attempt just made holds the id for refetch_delay from now.
+    /// `count_attempt = false` undoes the claim's attempt (shutdown, a full disk or a refused
+    /// key are not the item's fault). Returns when the item is due.
     pub async fn mark_retry(
         &self,
         seq: i64,
         error: Option<&str>,
         next_ms: i64,
         count_attempt: bool,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE items SET state = 'pending', next_attempt_ms = ?,
-                              last_error = COALESCE(?, last_error),
-                              attempts = attempts - ?
-             WHERE seq = ?",
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE items SET state = 'pending',
+                              next_attempt_ms = MAX(?1, COALESCE(hold_until_ms, 0), ?2),
+                              hold_until_ms = MAX(COALESCE(hold_until_ms, 0), ?2),
+                              hold_reason = CASE WHEN COALESCE(hold_until_ms, 0) >= ?2
+                                                 THEN hold_reason ELSE 'refetch_delay' END,
+                              last_error = COALESCE(?3, last_error),
+                              attempts = attempts - ?4
+             WHERE seq = ?5
+             RETURNING next_attempt_ms",
         )
         .bind(next_ms)
+        .bind(self.hold_after_attempt())
         .bind(error)
         .bind(if count_attempt { 0i64 } else { 1 })
         .bind(seq)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(next_ms))
     }
 
     /// Back to the queue after a 429: the attempt is given back and the throttle counted.
+    /// Due at `next_ms` or when the id's hold ends, whichever is later (returned).
     pub async fn mark_throttled(
         &self,
         seq: i64,
         error: &str,
         next_ms: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE items SET state = 'pending', next_attempt_ms = ?, last_error = ?,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE items SET state = 'pending',
+                              next_attempt_ms = MAX(?1, COALESCE(hold_until_ms, 0), ?2),
+                              hold_until_ms = MAX(COALESCE(hold_until_ms, 0), ?2),
+                              hold_reason = CASE WHEN COALESCE(hold_until_ms, 0) >= ?2
+                                                 THEN hold_reason ELSE 'refetch_delay' END,
+                              last_error = ?3,
                               attempts = attempts - 1, throttles = throttles + 1
-             WHERE seq = ?",
+             WHERE seq = ?4
+             RETURNING next_attempt_ms",
         )
         .bind(next_ms)
+        .bind(self.hold_after_attempt())
+        .bind(error)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(next_ms))
+    }
+
+    /// Back to the queue after the data host blocked this id (429 "same data"): held until
+    /// `until_ms` (at least refetch_delay from now), the attempt given back; nothing else
+    /// about the item changes. Returns when the item is due.
+    pub async fn mark_same_id_blocked(
+        &self,
+        seq: i64,
+        error: &str,
+        until_ms: i64,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE items SET state = 'pending',
+                              hold_until_ms = MAX(COALESCE(hold_until_ms, 0), ?1, ?2),
+                              next_attempt_ms = MAX(next_attempt_ms, COALESCE(hold_until_ms, 0), ?1, ?2),
+                              hold_reason = 'same_id',
+                              last_error = ?3,
+                              attempts = attempts - 1
+             WHERE seq = ?4
+             RETURNING next_attempt_ms",
+        )
+        .bind(until_ms)
+        .bind(self.hold_after_attempt())
+        .bind(error)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?
+        .unwrap_or(until_ms))
+    }
+
+    /// Back to the queue without an attempt ending here (crash recovery: a previous run left it
+    /// `fetching`). The hold its claim wrote still applies; the attempt stays counted.
+    pub async fn requeue(&self, seq: i64, error: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE items SET state = 'pending', next_attempt_ms = 0,
+                              last_error = COALESCE(?, last_error)
+             WHERE seq = ?",
+        )
         .bind(error)
         .bind(seq)
         .execute(&self.pool)
@@ -803,7 +971,8 @@ impl Store {
 
     /// Puts failed items back in the queue with fresh attempts (after the operator fixed the
     /// cause). Items refused at listing (unsafe names, untrusted hosts) have no download plan
-    /// and stay failed. Returns (queued again, left failed).
+    /// and stay failed. Each still waits out the hold of its last request (refetch_delay).
+    /// Returns (queued again, left failed).
     pub async fn retry_failed(
         &self,
         source: Option<Source>,
@@ -833,12 +1002,19 @@ impl Store {
         Ok((queued, left as u64))
     }
 
+    /// Marks an item failed for good. The id stays held for refetch_delay, so `retry-failed`
+    /// right after does not request it again at once.
     pub async fn mark_failed(&self, seq: i64, error: &str, now: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE items SET state = 'failed', last_error = ?, finished_ms = ? WHERE seq = ?",
+            "UPDATE items SET state = 'failed', last_error = ?1, finished_ms = ?2,
+                              hold_until_ms = MAX(COALESCE(hold_until_ms, 0), ?3),
+                              hold_reason = CASE WHEN COALESCE(hold_until_ms, 0) >= ?3
+                                                 THEN hold_reason ELSE 'refetch_delay' END
+             WHERE seq = ?4",
         )
         .bind(error)
         .bind(now)
+        .bind(self.hold_after_attempt())
         .bind(seq)
         .execute(&self.pool)
         .await?;
@@ -870,6 +1046,75 @@ impl Store {
         .bind(to)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Waiting items whose next request waits on a hold (refetch_delay or a same-id block)
+    /// rather than on a longer backoff: counts per reason and the first [`WAITING_LISTED`] by
+    /// due time. Reads only the held rows (`items_held`), so it costs the same with a million
+    /// items.
+    pub async fn waiting(&self, now: i64) -> Result<Waiting, StoreError> {
+        // The claim's own rule: a hold counts unless it was written before the clock went back.
+        macro_rules! held {
+            () => {
+                " state = 'pending' AND hold_until_ms > ?1
+                  AND hold_until_ms >= next_attempt_ms
+                  AND hold_until_ms <= ?1 + 7200000                            -- CLOCK_JUMP_MS
+                  AND (last_request_ms IS NULL OR last_request_ms <= ?1 + 5000) -- CLOCK_BACK_MS
+                "
+            };
+        }
+        let mut counts = Vec::new();
+        let rows = sqlx::query(concat!(
+            "SELECT hold_reason, COUNT(*) AS n, MIN(hold_until_ms) AS due
+             FROM items INDEXED BY items_held WHERE",
+            held!(),
+            "GROUP BY hold_reason ORDER BY hold_reason"
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let reason: Option<String> = r.get("hold_reason");
+            let Some(reason) = reason.as_deref().and_then(HoldReason::parse) else {
+                continue;
+            };
+            counts.push(WaitingCount {
+                reason,
+                items: r.get("n"),
+                next_due_ms: r.get("due"),
+            });
+        }
+        let items: Vec<WaitingItem> = sqlx::query(concat!(
+            "SELECT source, id, serial, classification, hold_reason, hold_until_ms,
+                    last_request_ms
+             FROM items INDEXED BY items_held WHERE",
+            held!(),
+            "ORDER BY hold_until_ms LIMIT ?2"
+        ))
+        .bind(now)
+        .bind(WAITING_LISTED)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            let reason: Option<String> = r.get("hold_reason");
+            Some(WaitingItem {
+                reason: HoldReason::parse(reason.as_deref()?)?,
+                source: r.get("source"),
+                id: r.get("id"),
+                serial: r.get("serial"),
+                classification: r.get("classification"),
+                due_ms: r.get("hold_until_ms"),
+                last_request_ms: r.get("last_request_ms"),
+            })
+        })
+        .collect();
+        let total: i64 = counts.iter().map(|c| c.items).sum();
+        Ok(Waiting {
+            more: (total - items.len() as i64).max(0),
+            counts,
+            items,
+        })
     }
 
     /// A trivial query: is the database usable?
@@ -1085,6 +1330,7 @@ impl Store {
             at_ms: r.get("at_ms"),
         })
         .collect();
+        let waiting = self.waiting(now_ms()).await?;
         Ok(StatusReport {
             cursors,
             counts,
@@ -1092,6 +1338,7 @@ impl Store {
             archive_newest,
             last_landed_ms,
             recent_errors,
+            waiting,
         })
     }
 
@@ -1329,6 +1576,142 @@ mod tests {
                 Some((8, 1000))
             ]
         );
+        store.close().await;
+    }
+
+    fn item(id: &str) -> NewItem {
+        use crate::download::plan::{Compression, Layout};
+        NewItem {
+            source: Source::Jmafile,
+            id: id.into(),
+            serial: Some(1),
+            classification: "jmafile.x".into(),
+            received_ms: Some(now_ms()),
+            url: format!("https://data.api.dmdata.jp/v1/{id}"),
+            plan: Some(Plan {
+                compression: Compression::Gzip,
+                layout: Layout::Single { length: 1 },
+            }),
+            path: Some(format!("jmafile/x/{id}")),
+            refused: None,
+            type_name: None,
+        }
+    }
+
+    /// Waits until the wall clock reaches `ms`.
+    async fn until(ms: i64) {
+        let left = ms - now_ms();
+        if left > 0 {
+            tokio::time::sleep(Duration::from_millis(left as u64 + 1)).await;
+        }
+    }
+
+    /// Whatever puts an item back in the queue (a retry, crash recovery, `retry-failed`), it
+    /// is not claimed again before refetch_delay has passed since its last request, and the
+    /// due time the workers sleep on says so.
+    #[tokio::test]
+    async fn no_path_back_to_the_queue_skips_the_refetch_hold() {
+        const DELAY: i64 = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.sqlite"))
+            .await
+            .unwrap()
+            .with_refetch_delay(Duration::from_millis(DELAY as u64));
+        store.insert(&[item("a")], now_ms()).await.unwrap();
+        let claimed_at = now_ms();
+        let a = store
+            .claim_next(claimed_at, &Claim::Any)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Crash recovery: held from the claim.
+        store.requeue(a.seq, None).await.unwrap();
+        let due = store.next_due_ms(&Claim::Any).await.unwrap().unwrap();
+        assert_eq!(due, claimed_at + DELAY);
+        assert!(
+            store
+                .claim_next(due - 1, &Claim::Any)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        until(due).await;
+        let a = store
+            .claim_next(now_ms(), &Claim::Any)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // A retry asked for "now" is due a refetch_delay after the attempt ended.
+        let ended = now_ms();
+        let due = store
+            .mark_retry(a.seq, Some("broken"), 0, true)
+            .await
+            .unwrap();
+        assert!(due > ended + DELAY, "{due} vs {ended}");
+        assert_eq!(store.next_due_ms(&Claim::Any).await.unwrap(), Some(due));
+        let waiting = store.waiting(ended).await.unwrap();
+        assert_eq!(waiting.items.len(), 1);
+        assert_eq!(waiting.items[0].reason, HoldReason::RefetchDelay);
+        assert_eq!(waiting.items[0].due_ms, due);
+        assert!(
+            store
+                .claim_next(due - 1, &Claim::Any)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // Failed, then `retry-failed` at once: still held.
+        until(due).await;
+        let a = store
+            .claim_next(now_ms(), &Claim::Any)
+            .await
+            .unwrap()
+            .unwrap();
+        let failed_at = now_ms();
+        store.mark_failed(a.seq, "gone", failed_at).await.unwrap();
+        assert_eq!(store.retry_failed(None, None).await.unwrap(), (1, 0));
+        let due = store.next_due_ms(&Claim::Any).await.unwrap().unwrap();
+        assert!(due > failed_at + DELAY, "{due} vs {failed_at}");
+        assert!(
+            store
+                .claim_next(due - 1, &Claim::Any)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // A same-id block holds past refetch_delay, and says why.
+        until(due).await;
+        let a = store
+            .claim_next(now_ms(), &Claim::Any)
+            .await
+            .unwrap()
+            .unwrap();
+        let blocked_until = now_ms() + 2_700_000;
+        let due = store
+            .mark_same_id_blocked(a.seq, "429 same data", blocked_until)
+            .await
+            .unwrap();
+        assert_eq!(due, blocked_until);
+        assert!(
+            store
+                .claim_next(due - 1, &Claim::Any)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let waiting = store.waiting(now_ms()).await.unwrap();
+        assert_eq!(waiting.items[0].reason, HoldReason::SameId);
+        let (_, attempts, ..) = store
+            .item_state(Source::Jmafile, "a")
+            .await
+            .unwrap()
+            .unwrap();
+        // `retry-failed` reset the attempts; the block gave the claim's back.
+        assert_eq!(attempts, 0);
         store.close().await;
     }
 

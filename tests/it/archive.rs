@@ -372,6 +372,9 @@ async fn kill_9_during_unpacking_leaves_a_complete_day_after_restart() {
     let mut envs = env.binary_env(&sim);
     envs.push(("JMA_POLLER__ARCHIVE__ENABLED".into(), "true".into()));
     envs.push(("JMA_POLLER__ARCHIVE__CHECK_INTERVAL".into(), "1s".into()));
+    // Each restart should pick the interrupted archive up at once, as it did before
+    // download.refetch_delay existed, so that the short rounds below reach the unpacking.
+    envs.push(("JMA_POLLER__DOWNLOAD__REFETCH_DELAY".into(), "0s".into()));
     let mut rng = fastrand::Rng::new();
     let mut killed_mid_unpack = 0;
     for _ in 0..6 {
@@ -409,7 +412,7 @@ async fn jmafile_items_go_before_archives_when_both_are_queued() {
     settings.download.concurrency = 1;
     settings.limits.data_requests = 4;
     settings.limits.data_window = Duration::from_secs(2);
-    settings.limits.data_burst = 1;
+    settings.limits.data_burst = Some(1);
     let daemon = Daemon::start(settings);
     wait_until(Duration::from_secs(40), "everything lands", || async {
         archives_landed(&env, &archives) && all_landed(&env.data_dir, &items)

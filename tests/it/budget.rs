@@ -25,7 +25,7 @@ async fn a_backlog_is_drained_within_the_data_budget_and_never_draws_a_429() {
     let mut settings = env.settings(&sim);
     settings.limits.data_requests = 6;
     settings.limits.data_window = window;
-    settings.limits.data_burst = 2;
+    settings.limits.data_burst = Some(2);
     settings.download.concurrency = 4;
     let daemon = Daemon::start(settings);
     wait_until(Duration::from_secs(30), "the backlog drains", || async {

@@ -296,3 +296,44 @@ async fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
     );
     daemon.stop().await;
 }
+
+/// A contract smaller than the default burst: `limits.data_requests = 8` alone is valid (the
+/// burst defaults to min(10, data_requests)), `check-config` shows the burst in force, and the
+/// daemon starts and mirrors; a burst set above the budget is still refused, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_data_budget_alone_starts_and_an_explicit_burst_above_it_is_refused() {
+    let sim = sim(150).await;
+    let env = Env::new();
+    let items: Vec<_> = (0..3).map(|_| sim.add(ItemSpec::default())).collect();
+    // The test environment turns the data budget off; this test sets it in the file instead.
+    let envs: Vec<(String, String)> = env
+        .binary_env(&sim)
+        .into_iter()
+        .filter(|(k, _)| k != "JMA_POLLER__LIMITS__DATA_REQUESTS")
+        .collect();
+    let small = env.root.path().join("small.toml");
+    std::fs::write(&small, "[limits]\ndata_requests = 8\n").unwrap();
+    let small_arg = small.to_str().unwrap();
+    let env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, out, err) = run_bin(&["check-config", "--config", small_arg], &env_refs);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("data_requests = 8"), "{out}");
+    assert!(out.contains("data_burst = 8"), "the burst in force: {out}");
+    assert!(out.contains("api_burst = 20"), "{out}");
+
+    let log = env.root.path().join("daemon.log");
+    let mut child = spawn_bin(&["run", "--config", small_arg], &envs, &log);
+    wait_until(Duration::from_secs(30), "items land", || async {
+        all_landed(&env.data_dir, &items)
+    })
+    .await;
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
+
+    let too_big = env.root.path().join("too-big.toml");
+    std::fs::write(&too_big, "[limits]\ndata_requests = 8\ndata_burst = 9\n").unwrap();
+    for command in ["check-config", "run"] {
+        let (code, _, err) = run_bin(&[command, "--config", too_big.to_str().unwrap()], &env_refs);
+        assert_eq!(code, 2, "{command}: {err}");
+        assert!(err.contains("limits.data_burst"), "{command}: {err}");
+    }
+}

@@ -34,6 +34,11 @@ pub async fn sim(interval_ms: u64) -> Sim {
     .expect("simulator starts")
 }
 
+/// `download.refetch_delay` in tests: the 60 s default scaled down below the retry backoff
+/// (1–2 s), so retries and restarts come as soon as they did before the hold existed while
+/// every path still goes through it. Tests of the hold itself set their own.
+pub const TEST_REFETCH_DELAY: Duration = Duration::from_millis(250);
+
 pub struct Env {
     pub root: tempfile::TempDir,
     pub data_dir: PathBuf,
@@ -59,6 +64,7 @@ impl Env {
         s.storage.data_dir = self.data_dir.clone();
         s.limits.data_requests = 0;
         s.download.read_timeout = Duration::from_secs(3);
+        s.download.refetch_delay = TEST_REFETCH_DELAY;
         s
     }
 
@@ -79,6 +85,10 @@ impl Env {
             ),
             ("JMA_POLLER__LIMITS__DATA_REQUESTS".into(), "0".into()),
             ("JMA_POLLER__DOWNLOAD__READ_TIMEOUT".into(), "3s".into()),
+            (
+                "JMA_POLLER__DOWNLOAD__REFETCH_DELAY".into(),
+                humantime::format_duration(TEST_REFETCH_DELAY).to_string(),
+            ),
             ("JMA_POLLER__LOG__FORMAT".into(), "json".into()),
         ]
     }

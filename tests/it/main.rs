@@ -9,6 +9,7 @@ mod crash;
 mod faults;
 mod hostile;
 mod ops;
+mod polite;
 mod process;
 mod prop;
 mod pull;

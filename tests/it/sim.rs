@@ -326,3 +326,69 @@ async fn entries_can_leave_out_received_time_and_format() {
     assert!(v["responseTime"].is_string());
     assert_eq!(entry["headers"][0]["format"], "grib2");
 }
+
+/// The per-id block seen on the live data hosts (§15): a quick re-fetch gets 429 with the
+/// plain-text `Don't try to get the same data.` for the block's length, for that id only, and
+/// the blocked requests use nothing of the host's budget. The log has what the daemon's tests
+/// read: id, time and status of every request.
+#[tokio::test]
+async fn a_quick_refetch_blocks_that_id_alone_and_spends_no_budget() {
+    crate::common::init_logs();
+    let block = std::time::Duration::from_millis(1500);
+    let sim = Sim::start(SimConfig {
+        data_limit: Some((4, std::time::Duration::from_secs(600))),
+        api_limit: None,
+        repeat_fetch_window: Some(std::time::Duration::from_secs(60)),
+        repeat_fetch_block: block,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let c = http();
+    let [x, y, z, w] = [(); 4].map(|_| sim.add(ItemSpec::default()));
+    let get = |id: String| {
+        let c = c.clone();
+        let url = format!("{}/v1/{id}", sim.base_url());
+        let key = sim.key();
+        async move {
+            let r = c.get(url).basic_auth(key, Some("")).send().await.unwrap();
+            let status = r.status().as_u16();
+            let plain = r
+                .headers()
+                .get("content-type")
+                .is_some_and(|v| v.to_str().unwrap().starts_with("text/plain"));
+            let body = r.text().await.unwrap();
+            (status, plain, body)
+        }
+    };
+    let same = (429, true, "Don't try to get the same data.".to_owned());
+    assert_eq!(get(x.id.clone()).await.0, 200);
+    assert_eq!(get(x.id.clone()).await, same, "a quick re-fetch is blocked");
+    assert_eq!(get(y.id.clone()).await.0, 200, "other ids are not");
+    assert_eq!(get(x.id.clone()).await, same, "the block holds");
+    assert_eq!(get(z.id.clone()).await.0, 200);
+    tokio::time::sleep(block + std::time::Duration::from_millis(100)).await;
+    assert_eq!(get(x.id.clone()).await.0, 200, "the block is over");
+    // Four bodies served: the budget of 4 is spent now, the blocked requests took none of it.
+    let (status, _, body) = get(w.id.clone()).await;
+    assert_eq!((status, body.as_str()), (429, "Too Many Requests"));
+    assert_eq!(sim.rate_limited(), 1);
+    let log: Vec<(String, u16)> = sim
+        .requests()
+        .into_iter()
+        .filter_map(|r| Some((r.id?, r.status)))
+        .collect();
+    let expected: Vec<(String, u16)> = [
+        (&x, 200),
+        (&x, 429),
+        (&y, 200),
+        (&x, 429),
+        (&z, 200),
+        (&x, 200),
+        (&w, 429),
+    ]
+    .into_iter()
+    .map(|(i, s)| (i.id.clone(), s))
+    .collect();
+    assert_eq!(log, expected);
+}
