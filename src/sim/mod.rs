@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-pub use archive::{ArchiveSpec, Hostile, SimArchive};
+pub use archive::{ArchiveSpec, Hostile, SimArchive, TarFormat};
 pub use data::{ExpectedFile, ItemSpec, Kind, SimItem};
 
 /// Which end of a PuLL backlog larger than `limit` comes back first ([gap] in the docs).
@@ -61,6 +61,31 @@ pub struct SimConfig {
     /// The archive list ignores the cursor and returns nextToken forever (seen upstream for
     /// out-of-range dates).
     pub archive_endless: bool,
+    /// Whether the archive list's `datetime` start day is included. Undocumented; a live
+    /// client found the first day missing (exclusive), which is the default here.
+    pub archive_start: DateBound,
+    /// Whether the archive list's `datetime` end day is included (the docs said exclusive
+    /// until 2025-04, the default here).
+    pub archive_end: DateBound,
+}
+
+/// How the archive list treats one bound of its `datetime` range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateBound {
+    Inclusive,
+    Exclusive,
+}
+
+impl DateBound {
+    /// Whether `date` is on the inner side of the bound `bound`, `after` for a start bound.
+    pub fn admits(self, date: time::Date, bound: time::Date, after: bool) -> bool {
+        match (self, after) {
+            (DateBound::Inclusive, true) => date >= bound,
+            (DateBound::Exclusive, true) => date > bound,
+            (DateBound::Inclusive, false) => date <= bound,
+            (DateBound::Exclusive, false) => date < bound,
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -77,6 +102,8 @@ impl Default for SimConfig {
             retention: Duration::from_secs(31 * 86_400),
             numbers_as_strings: false,
             archive_endless: false,
+            archive_start: DateBound::Exclusive,
+            archive_end: DateBound::Exclusive,
         }
     }
 }
