@@ -106,13 +106,21 @@ impl Warning {
                     "the archive is {actual} bytes, the list announced fileSize {announced}; its gzip CRC and tar structure are sound, so it is stored as received"
                 );
             }
-            other => tracing::warn!(
-                event = "archive_check",
+            Warning::NoManifest => tracing::warn!(
+                event = "archive_no_manifest",
                 id = %item.id,
                 classification = %item.classification,
                 date = %date,
                 path = %item.path,
-                "{other}; stored as received"
+                "{self}; stored as received"
+            ),
+            Warning::DataCount { .. } => tracing::warn!(
+                event = "archive_data_count",
+                id = %item.id,
+                classification = %item.classification,
+                date = %date,
+                path = %item.path,
+                "{self}; stored as received"
             ),
         }
     }
