@@ -6,6 +6,11 @@
 //! progress; if not (or once the daemon stops), this command downloads them itself, through
 //! the same request budget (restored from the request log). Interrupted, it leaves the rest
 //! queued: running it again resumes, and the daemon would finish them too.
+//!
+//! The list is asked for a day more at both ends of the range (whether its bounds are
+//! inclusive is undocumented) and only the wanted days are queued, so `--from D --to D` lands
+//! day D in one list call; days before the service keeps any archive are never asked for
+//! ([`crate::poll::archive::request_range`]).
 
 use std::io::IsTerminal;
 use std::sync::Arc;

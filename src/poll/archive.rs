@@ -80,19 +80,25 @@ pub fn first_archived_day(classification: &str) -> Date {
     }
 }
 
+/// The first day the service keeps for any of `classifications` (empty = all): one list call
+/// covers them all.
+pub fn first_kept_day(classifications: &[String]) -> Date {
+    classifications
+        .iter()
+        .map(|c| first_archived_day(c))
+        .min()
+        .unwrap_or(FIRST_ARCHIVED_DAY)
+}
+
 /// The `datetime` bounds to ask for the wanted days `[from, to]`: a day wider at both ends
-/// (neither bound is documented as inclusive), but not before the first day the service keeps
-/// for any of `classifications` (empty = all). `None` when every wanted day is before that.
+/// (neither bound is documented as inclusive), but not before [`first_kept_day`]. `None` when
+/// every wanted day is before that.
 pub fn request_range(
     classifications: &[String],
     from: Date,
     to: Option<Date>,
 ) -> Option<(Date, Option<Date>)> {
-    let kept = classifications
-        .iter()
-        .map(|c| first_archived_day(c))
-        .min()
-        .unwrap_or(FIRST_ARCHIVED_DAY);
+    let kept = first_kept_day(classifications);
     if to.is_some_and(|t| t < kept) {
         return None;
     }
@@ -136,13 +142,7 @@ pub async fn list_archives(
     }
     let mut out = Listing::default();
     let Some((start, end)) = request_range(classifications, from, to) else {
-        out.before_first_day = Some(
-            classifications
-                .iter()
-                .map(|c| first_archived_day(c))
-                .min()
-                .unwrap_or(FIRST_ARCHIVED_DAY),
-        );
+        out.before_first_day = Some(first_kept_day(classifications));
         return Ok(out);
     };
     let end = end.map(fmt_date).unwrap_or_default();
