@@ -152,6 +152,24 @@ def tar_of(members):
     return buf.getvalue()
 
 
+def tar_with_metadata(fmt):
+    """A real writer's metadata records: PAX (a global header, an x header for the long name)
+    or GNU (an L record for the long name, a K record for the long link target)."""
+    buf = io.BytesIO()
+    long = "VXSE53_RJTD_20250212150002514_0c1f04f_" + "0" * 107 + ".xml"
+    headers = {"comment": "seed"} if fmt == tarfile.PAX_FORMAT else {}
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=headers) as t:
+        for name, data in [("telegrams.json", b'[{"id":"0c1f04f0"}]'), (long, xml_body(1))]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 1680307200, 0o644
+            t.addfile(info, io.BytesIO(data))
+        if fmt == tarfile.GNU_FORMAT:
+            link = tarfile.TarInfo("link.xml")
+            link.type, link.linkname, link.mtime = tarfile.SYMTYPE, "/" + "t" * 149, 1680307200
+            t.addfile(link)
+    return buf.getvalue()
+
+
 def zip_of(name, data):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -171,7 +189,16 @@ def archive_tar():
 
 
 # --- unpack_tar structured members (fuzz_support::Member::parse) ---
-KIND = {"file": 0, "dir": 1, "symlink": 2, "hardlink": 3, "pax": 4, "longname": 5}
+KIND = {"file": 0, "dir": 1, "symlink": 2, "hardlink": 3, "pax": 4, "longname": 5, "global": 6, "longlink": 10}
+
+
+def pax_rec(key, value):
+    """One PAX record, its length counting itself."""
+    rest = len(key) + len(value) + 3
+    n = rest + 1
+    while rest + len(str(n)) != n:
+        n = rest + len(str(n))
+    return b"%d %s=%s\n" % (n, key, value)
 
 
 def member(kind, name, data=b"", link=None, size=None):
@@ -241,6 +268,22 @@ def main():
     )
     write("unpack_tar", "members-hostile", bytes([2]) + hostile)
     write("unpack_tar", "members-capped", bytes([2 | 4]) + struct.pack("<H", 100) + plain)
+    write("unpack_tar", "raw-pax-global-longname", bytes([0]) + tar_with_metadata(tarfile.PAX_FORMAT))
+    write("unpack_tar", "raw-gnu-longname-longlink", bytes([0]) + tar_with_metadata(tarfile.GNU_FORMAT))
+    write("unpack_tar", "gzip-pax-global-longname", bytes([1]) + tar_with_metadata(tarfile.PAX_FORMAT))
+    metadata = (
+        member("global", b"pax_global_header", pax_rec(b"comment", b"seed"))
+        + member("longname", b"././@LongLink", b"sub-long-name.xml\0")
+        + member("file", b"short.xml", b"long")
+        + member("pax", b"PaxHeaders/x", pax_rec(b"path", b"pax.xml"))
+        + member("file", b"pax-short", b"pax")
+        + member("longlink", b"././@LongLink", b"/etc/passwd\0")
+        + member("file", b"after-longlink.xml", b"k")
+        + member("pax", b"PaxHeaders/y", pax_rec(b"path", b"../../pax-pwned"))
+        + member("file", b"y", b"y")
+    )
+    write("unpack_tar", "members-metadata", bytes([2]) + metadata)
+    write("unpack_tar", "members-metadata-gzip", bytes([3]) + metadata)
 
     name = b"Z__C_RJTD_20240525083500_RDR_GPV_Ggis1km_Phhlv_Aper5min_ANAL_grib2.bin"
     ident = b"abcABC0123-_abcABC0123-_abcABC0123-_"

@@ -6,6 +6,11 @@
 //! progress; if not (or once the daemon stops), this command downloads them itself, through
 //! the same request budget (restored from the request log). Interrupted, it leaves the rest
 //! queued: running it again resumes, and the daemon would finish them too.
+//!
+//! The list is asked for a day more at both ends of the range (whether its bounds are
+//! inclusive is undocumented) and only the wanted days are queued, so `--from D --to D` lands
+//! day D in one list call; days before the service keeps any archive are never asked for
+//! ([`crate::poll::archive::request_range`]).
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -15,12 +20,12 @@ use time::Date;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::app::{RunError, SHUTDOWN_GRACE};
 use crate::config::Settings;
 use crate::download::Downloader;
-use crate::poll::archive::{date_ms, fmt_date, list_archives};
+use crate::poll::archive::{Listing, date_ms, first_archived_day, fmt_date, list_archives};
 use crate::state::{Claim, Store, now_ms};
 use crate::storage::{Storage, StorageError};
 
@@ -99,6 +104,31 @@ impl Progress {
     }
 }
 
+/// Says so when the range reaches before the first day the service keeps (nothing is asked
+/// for those days).
+fn report_first_day(classification: &str, from: Date, to: Date, listing: &Listing) {
+    let first = first_archived_day(classification);
+    if let Some(first) = listing.before_first_day {
+        warn!(
+            event = "backfill_before_archives",
+            classification = %classification,
+            first = %fmt_date(first),
+            "dmdata.jp keeps archives of {classification} from {} on; {}..{} is before that, so there is nothing to list",
+            fmt_date(first),
+            fmt_date(from),
+            fmt_date(to)
+        );
+    } else if from < first {
+        info!(
+            event = "backfill_before_archives",
+            classification = %classification,
+            first = %fmt_date(first),
+            "dmdata.jp keeps archives of {classification} from {} on; the days before are not asked for",
+            fmt_date(first)
+        );
+    }
+}
+
 pub async fn run(
     settings: Settings,
     classification: String,
@@ -124,6 +154,7 @@ pub async fn run(
     )
     .await
     .map_err(|e| RunError::Task(format!("listing archives: {e}")))?;
+    report_first_day(&classification, from, to, &listing);
     let committed = store.insert(&listing.items, now_ms()).await?;
     info!(
         event = "backfill_listed",

@@ -18,6 +18,7 @@ use tempfile::{NamedTempFile, TempDir};
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{Compression, Layout, Plan};
+use super::unpack::{MANIFEST, Manifest, Unpacked};
 
 const BUF: usize = 256 * 1024;
 
@@ -62,7 +63,127 @@ pub struct Decoded {
     /// Files written.
     pub files: u64,
     /// Things worth a warning that do not make the item wrong (e.g. a dataCount mismatch).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
+}
+
+/// Something about an archive worth one WARN line that does not make it wrong: it is stored
+/// as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// The tarball's size differs from the list's `fileSize`, but its gzip CRC and tar
+    /// structure are sound: the data, not the list, decides.
+    SizeMismatch { announced: u64, actual: u64 },
+    /// No `telegrams.json` at the tar root, or not a JSON array of objects.
+    NoManifest,
+    /// `dataCount` matches neither the manifest's entries nor its distinct telegrams (with no
+    /// manifest: nor the body files).
+    DataCount {
+        announced: u64,
+        manifest: Option<Manifest>,
+        bodies: u64,
+    },
+}
+
+impl Warning {
+    /// Logs the warning about `item` (and counts a size mismatch in
+    /// `jma_poller_archive_size_mismatch_total`).
+    pub fn report(&self, item: &crate::state::Claimed) {
+        let date = item
+            .received_ms
+            .and_then(crate::poll::archive::ms_date)
+            .map(crate::poll::archive::fmt_date)
+            .unwrap_or_default();
+        match self {
+            Warning::SizeMismatch { announced, actual } => {
+                metrics::counter!("jma_poller_archive_size_mismatch_total", "classification" => item.classification.clone()).increment(1);
+                tracing::warn!(
+                    event = "archive_size_mismatch",
+                    id = %item.id,
+                    classification = %item.classification,
+                    date = %date,
+                    announced,
+                    actual,
+                    "the archive is {actual} bytes, the list announced fileSize {announced}; its gzip CRC and tar structure are sound, so it is stored as received"
+                );
+            }
+            Warning::NoManifest => tracing::warn!(
+                event = "archive_no_manifest",
+                id = %item.id,
+                classification = %item.classification,
+                date = %date,
+                path = %item.path,
+                "{self}; stored as received"
+            ),
+            Warning::DataCount { .. } => tracing::warn!(
+                event = "archive_data_count",
+                id = %item.id,
+                classification = %item.classification,
+                date = %date,
+                path = %item.path,
+                "{self}; stored as received"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::SizeMismatch { announced, actual } => {
+                write!(f, "{actual} bytes received, fileSize {announced} announced")
+            }
+            Warning::NoManifest => write!(f, "no readable {MANIFEST} in the archive"),
+            Warning::DataCount {
+                announced,
+                manifest: Some(m),
+                ..
+            } => write!(
+                f,
+                "dataCount is {announced}; {MANIFEST} lists {} entries, {} distinct telegrams",
+                m.entries, m.telegrams
+            ),
+            Warning::DataCount {
+                announced, bodies, ..
+            } => write!(
+                f,
+                "dataCount is {announced}; the archive holds {bodies} bodies and no manifest"
+            ),
+        }
+    }
+}
+
+/// The warnings an unpacked archive deserves against what the list announced.
+fn archive_warnings(
+    unpacked: &Unpacked,
+    file_size: u64,
+    raw_bytes: u64,
+    data_count: Option<u64>,
+) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    if raw_bytes != file_size {
+        warnings.push(Warning::SizeMismatch {
+            announced: file_size,
+            actual: raw_bytes,
+        });
+    }
+    if unpacked.manifest.is_none() {
+        warnings.push(Warning::NoManifest);
+    }
+    if let Some(announced) = data_count {
+        // Whether JSON twins count is not documented: either reading is accepted.
+        let matches = match unpacked.manifest {
+            Some(m) => announced == m.entries || announced == m.telegrams,
+            None => announced == unpacked.bodies(),
+        };
+        if !matches {
+            warnings.push(Warning::DataCount {
+                announced,
+                manifest: unpacked.manifest,
+                bodies: unpacked.bodies(),
+            });
+        }
+    }
+    warnings
 }
 
 /// Marks an error that came from the network side of the body, not from decoding it.
@@ -302,8 +423,10 @@ pub fn decode(
     })
 }
 
-/// Spools the tarball (checking its size against `fileSize`), then unpacks it safely into a
-/// staging folder, which becomes the archive's folder only when complete.
+/// Spools the tarball, then unpacks it safely into a staging folder, which becomes the
+/// archive's folder only when complete. Whether the tarball is whole is decided by its gzip CRC
+/// and tar structure (see [`super::unpack`]); a size other than the list's `fileSize` is only a
+/// warning, so a sound archive is never fetched again because the list was wrong.
 #[allow(clippy::too_many_arguments)]
 fn decode_archive(
     mut body: impl Read,
@@ -330,11 +453,6 @@ fn decode_archive(
         buf,
     )?;
     let raw_bytes = count.get();
-    if raw_bytes != file_size {
-        return Err(DecodeError::Length(format!(
-            "received {raw_bytes} bytes; the list announced fileSize {file_size}"
-        )));
-    }
     spool.as_file_mut().rewind().map_err(disk(&spool_path))?;
     let dir = tempfile::Builder::new()
         .prefix("item-")
@@ -355,25 +473,7 @@ fn decode_archive(
         }
         other => other,
     })?;
-    let mut warnings = Vec::new();
-    if unpacked.manifest_entries.is_none() {
-        warnings.push(format!(
-            "no readable {} in the archive",
-            super::unpack::MANIFEST
-        ));
-    }
-    if let Some(expected) = data_count {
-        let counted = unpacked.manifest_entries.unwrap_or(unpacked.bodies());
-        if counted != expected || unpacked.bodies() != expected {
-            warnings.push(format!(
-                "dataCount is {expected}, the archive holds {} bodies and {} manifest entries",
-                unpacked.bodies(),
-                unpacked
-                    .manifest_entries
-                    .map_or("no".into(), |n| n.to_string())
-            ));
-        }
-    }
+    let warnings = archive_warnings(&unpacked, file_size, raw_bytes, data_count);
     let mut bytes = unpacked.bytes;
     if let Some(name) = keep_tarball {
         spool.as_file().sync_all().map_err(disk(&spool_path))?;
@@ -640,5 +740,90 @@ mod tests {
             &cancel,
         );
         assert!(matches!(d, Err(DecodeError::Cancelled)), "{d:?}");
+    }
+
+    fn archive_plan(file_size: u64, data_count: Option<u64>) -> Plan {
+        Plan {
+            compression: Compression::Gzip,
+            layout: Layout::Archive {
+                file_size,
+                data_count,
+                keep_tarball: None,
+            },
+        }
+    }
+
+    /// A day as the simulator builds it: 3 XML telegrams with JSON twins, 2 binary ones.
+    fn sim_day(data_count: Option<u64>) -> crate::sim::SimArchive {
+        crate::sim::archive::build(
+            1,
+            &crate::sim::ArchiveSpec {
+                telegrams: 3,
+                data_count,
+                ..crate::sim::ArchiveSpec::new(
+                    "telegram.earthquake",
+                    time::macros::date!(2025 - 02 - 13),
+                )
+            },
+        )
+    }
+
+    #[test]
+    fn an_archive_is_judged_by_its_data_not_by_file_size() {
+        let day = sim_day(None);
+        for announced in [day.body.len() as u64, 12345, day.body.len() as u64 + 1] {
+            let (_t, d) = run(&day.body, &archive_plan(announced, None), 1 << 20);
+            let d = d.unwrap();
+            assert_eq!(d.files, 9, "manifest, 3 XML, 3 JSON, 2 binary");
+            let want: Vec<Warning> = (announced != day.body.len() as u64)
+                .then_some(Warning::SizeMismatch {
+                    announced,
+                    actual: day.body.len() as u64,
+                })
+                .into_iter()
+                .collect();
+            assert_eq!(d.warnings, want);
+        }
+        // A bad CRC or a cut body is still corrupt, whatever fileSize says.
+        let mut bad = day.body.to_vec();
+        let n = bad.len();
+        bad[n - 6] ^= 0xff;
+        let (_t, d) = run(&bad, &archive_plan(n as u64, None), 1 << 20);
+        assert!(matches!(d, Err(DecodeError::Corrupt(_))), "{d:?}");
+        let cut = &day.body[..day.body.len() - 9];
+        let (_t, d) = run(cut, &archive_plan(cut.len() as u64, None), 1 << 20);
+        assert!(matches!(d, Err(DecodeError::Corrupt(_))), "{d:?}");
+    }
+
+    #[test]
+    fn data_count_warns_only_when_it_matches_neither_count() {
+        let day = sim_day(None);
+        assert_eq!((day.manifest_entries, day.distinct_telegrams), (8, 5));
+        for (count, warns) in [(8, false), (5, false), (6, true), (9, true), (0, true)] {
+            let (_t, d) = run(
+                &day.body,
+                &archive_plan(day.file_size, Some(count)),
+                1 << 20,
+            );
+            let d = d.unwrap();
+            let warned = d
+                .warnings
+                .iter()
+                .any(|w| matches!(w, Warning::DataCount { .. }));
+            assert_eq!(warned, warns, "dataCount {count}: {:?}", d.warnings);
+        }
+        let text = Warning::DataCount {
+            announced: 6,
+            manifest: Some(Manifest {
+                entries: 8,
+                telegrams: 5,
+            }),
+            bodies: 8,
+        }
+        .to_string();
+        assert_eq!(
+            text,
+            "dataCount is 6; telegrams.json lists 8 entries, 5 distinct telegrams"
+        );
     }
 }

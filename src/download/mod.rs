@@ -660,14 +660,7 @@ impl Downloader {
             ..
         } = decoded;
         for warning in warnings {
-            warn!(
-                event = "archive_check",
-                source = item.source.as_str(),
-                id = %item.id,
-                classification = %item.classification,
-                path = %item.path,
-                "{warning}; stored as received"
-            );
+            warning.report(item);
         }
         tokio::task::spawn_blocking(move || match staged {
             Staged::File(f) => storage.place_file(f, &rel),

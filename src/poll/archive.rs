@@ -6,6 +6,14 @@
 //! The horizon is fixed on the very first check (`archive.backfill` before today, JST), so a
 //! late archive for a recent day is still picked up, and history is not re-listed every hour.
 //! Paging is capped: the provider has been seen returning nextToken without end.
+//!
+//! Dates: whether either bound of the list's `datetime` is inclusive is not documented (the
+//! docs dropped "end exclusive" in 2025, and a client found the first day missing unless it
+//! asked for one more), so the range asked for is one day wider at both ends and only the
+//! wanted days are kept here. Archives of the extra days are ignored, not recorded: they stay
+//! unknown, so a later check or backfill that wants them queues them then. The range never
+//! starts before the first day the service keeps for the classifications
+//! ([`first_archived_day`]): a range outside that has been seen to page without end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,8 +52,58 @@ pub fn date_ms(date: Date) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The JST date of unix ms `ms` (the inverse of [`date_ms`]).
+pub fn ms_date(ms: i64) -> Option<Date> {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    Some(t.to_offset(time::macros::offset!(+9)).date())
+}
+
 pub fn fmt_date(d: Date) -> String {
     format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// The earliest day any archive covers (earthquake, volcano, weather warnings and scheduled
+/// telegrams are "all stored" from 2020-11-18 12:00 JST).
+pub const FIRST_ARCHIVED_DAY: Date = time::macros::date!(2020 - 11 - 18);
+
+/// The first JST day the service keeps archives of `classification` (dmdata-api.md §7, the
+/// docs' "all stored from" dates); unknown names get [`FIRST_ARCHIVED_DAY`].
+pub fn first_archived_day(classification: &str) -> Date {
+    use time::macros::date;
+    match classification {
+        "eew.forecast" | "eew.warning" => date!(2022 - 07 - 20),
+        "eew.realtime" => date!(2022 - 12 - 08),
+        "telegram.forecast" | "telegram.observation" | "telegram.lightning" => {
+            date!(2024 - 05 - 21)
+        }
+        _ => FIRST_ARCHIVED_DAY,
+    }
+}
+
+/// The first day the service keeps for any of `classifications` (empty = all): one list call
+/// covers them all.
+pub fn first_kept_day(classifications: &[String]) -> Date {
+    classifications
+        .iter()
+        .map(|c| first_archived_day(c))
+        .min()
+        .unwrap_or(FIRST_ARCHIVED_DAY)
+}
+
+/// The `datetime` bounds to ask for the wanted days `[from, to]`: a day wider at both ends
+/// (neither bound is documented as inclusive), but not before [`first_kept_day`]. `None` when
+/// every wanted day is before that.
+pub fn request_range(
+    classifications: &[String],
+    from: Date,
+    to: Option<Date>,
+) -> Option<(Date, Option<Date>)> {
+    let kept = first_kept_day(classifications);
+    if to.is_some_and(|t| t < kept) {
+        return None;
+    }
+    let start = from.previous_day().unwrap_or(from).max(kept);
+    Some((start, to.map(|t| t.next_day().unwrap_or(t))))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -60,6 +118,11 @@ pub struct Listing {
     pub items: Vec<NewItem>,
     pub pages: u32,
     pub capped: bool,
+    /// Archives of the extra days the wider range brought (ignored, not recorded).
+    pub outside: u64,
+    /// Set when every wanted day is before this, the first day the service keeps: nothing
+    /// was asked.
+    pub before_first_day: Option<Date>,
 }
 
 /// Pages `/v2/archive` for `classifications` (empty = all) with dates in `[from, to]` and
@@ -77,16 +140,15 @@ pub async fn list_archives(
     if !classifications.is_empty() {
         params.push(("classification", classifications.join(",")));
     }
-    // Whether the end of the range is inclusive is undocumented: ask for a day more and
-    // filter here.
-    let end = to
-        .and_then(|t| t.next_day())
-        .map(fmt_date)
-        .unwrap_or_default();
-    params.push(("datetime", format!("{}~{end}", fmt_date(from))));
+    let mut out = Listing::default();
+    let Some((start, end)) = request_range(classifications, from, to) else {
+        out.before_first_day = Some(first_kept_day(classifications));
+        return Ok(out);
+    };
+    let end = end.map(fmt_date).unwrap_or_default();
+    params.push(("datetime", format!("{}~{end}", fmt_date(start))));
     let in_range = |d: Date| d >= from && to.is_none_or(|t| d <= t);
 
-    let mut out = Listing::default();
     let mut seen = std::collections::HashSet::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -106,11 +168,19 @@ pub async fn list_archives(
         for raw in page.items {
             match serde_json::from_value::<ArchiveItem>(raw.clone()) {
                 Ok(a) => {
-                    if known.contains(&a.id) || a.date < from {
+                    if known.contains(&a.id) {
+                        continue;
+                    }
+                    if a.date < from {
+                        out.outside += 1;
                         continue;
                     }
                     all_old_or_known = false;
-                    if !in_range(a.date) || !seen.insert(a.id.clone()) {
+                    if !in_range(a.date) {
+                        out.outside += 1;
+                        continue;
+                    }
+                    if !seen.insert(a.id.clone()) {
                         continue;
                     }
                     let (plan, path, refused) =
@@ -173,6 +243,14 @@ pub async fn list_archives(
             }
             _ => break,
         }
+    }
+    if out.outside > 0 {
+        debug!(
+            event = "archive_outside",
+            ignored = out.outside,
+            "{} archive(s) of the extra days around the wanted range ignored",
+            out.outside
+        );
     }
     Ok(out)
 }
@@ -414,6 +492,68 @@ impl ArchivePoller {
                 }
             };
             next_at = Instant::now() + wait + wait.mul_f64(fastrand::f64() * 0.05);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    fn names(c: &[&str]) -> Vec<String> {
+        c.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_range_asked_is_a_day_wider_but_never_before_the_first_archived_day() {
+        let d = date!(2025 - 02 - 13);
+        let eq = names(&["telegram.earthquake"]);
+        assert_eq!(
+            request_range(&eq, d, Some(d)),
+            Some((date!(2025 - 02 - 12), Some(date!(2025 - 02 - 14))))
+        );
+        assert_eq!(
+            request_range(&eq, d, None),
+            Some((date!(2025 - 02 - 12), None))
+        );
+        let eew = names(&["eew.forecast"]);
+        assert_eq!(
+            request_range(&eew, date!(2020 - 01 - 01), Some(date!(2022 - 08 - 01))),
+            Some((date!(2022 - 07 - 20), Some(date!(2022 - 08 - 02))))
+        );
+        assert_eq!(
+            request_range(&eew, date!(2022 - 07 - 21), Some(date!(2022 - 07 - 21))),
+            Some((date!(2022 - 07 - 20), Some(date!(2022 - 07 - 22))))
+        );
+        assert_eq!(
+            request_range(&eew, date!(2021 - 01 - 01), Some(date!(2022 - 07 - 19))),
+            None
+        );
+        // Several classifications share one range: the earliest first day applies.
+        let both = names(&["telegram.lightning", "eew.realtime"]);
+        assert_eq!(
+            request_range(&both, date!(2000 - 01 - 01), None),
+            Some((date!(2022 - 12 - 08), None))
+        );
+        assert_eq!(
+            request_range(&[], date!(2000 - 01 - 01), None),
+            Some((FIRST_ARCHIVED_DAY, None))
+        );
+        assert_eq!(
+            first_archived_day("telegram.some-new-one"),
+            FIRST_ARCHIVED_DAY
+        );
+    }
+
+    #[test]
+    fn a_stored_date_reads_back_as_itself() {
+        for d in [
+            date!(2020 - 11 - 18),
+            date!(2025 - 12 - 31),
+            date!(2024 - 02 - 29),
+        ] {
+            assert_eq!(ms_date(date_ms(d)), Some(d));
         }
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-pub use archive::{ArchiveSpec, Hostile, SimArchive};
+pub use archive::{ArchiveSpec, Hostile, SimArchive, TarFormat};
 pub use data::{ExpectedFile, ItemSpec, Kind, SimItem};
 pub use tls::{Handshake, SimTls};
 
@@ -84,6 +84,31 @@ pub struct SimConfig {
     /// Every `/v2/jmafile` request whose `type` holds one of these values is answered 400
     /// (a `type` the service will not take), with or without a cursor.
     pub refused_types: Vec<String>,
+    /// Whether the archive list's `datetime` start day is included. Undocumented; a live
+    /// client found the first day missing (exclusive), which is the default here.
+    pub archive_start: DateBound,
+    /// Whether the archive list's `datetime` end day is included (the docs said exclusive
+    /// until 2025-04, the default here).
+    pub archive_end: DateBound,
+}
+
+/// How the archive list treats one bound of its `datetime` range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateBound {
+    Inclusive,
+    Exclusive,
+}
+
+impl DateBound {
+    /// Whether `date` is on the inner side of the bound `bound`, `after` for a start bound.
+    pub fn admits(self, date: time::Date, bound: time::Date, after: bool) -> bool {
+        match (self, after) {
+            (DateBound::Inclusive, true) => date >= bound,
+            (DateBound::Exclusive, true) => date > bound,
+            (DateBound::Inclusive, false) => date <= bound,
+            (DateBound::Exclusive, false) => date < bound,
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -105,6 +130,8 @@ impl Default for SimConfig {
             zip_items: false,
             cursor_refusal: None,
             refused_types: Vec::new(),
+            archive_start: DateBound::Exclusive,
+            archive_end: DateBound::Exclusive,
         }
     }
 }

@@ -816,7 +816,8 @@ fn serve_body(
 }
 
 /// `GET /v2/archive`: newest first (date, then serial); `classification` (comma list),
-/// `datetime` date range (end exclusive, as the docs said until 2025-04), nextToken paging.
+/// `datetime` date range (each bound inclusive or exclusive as configured: the docs do not
+/// say), nextToken paging.
 async fn archive_list(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
@@ -870,7 +871,8 @@ async fn archive_list(
         .archives
         .iter()
         .filter(|a| classes.is_empty() || classes.contains(&a.classification))
-        .filter(|a| from.is_none_or(|f| a.date >= f) && to.is_none_or(|t| a.date < t))
+        .filter(|a| from.is_none_or(|f| config.archive_start.admits(a.date, f, true)))
+        .filter(|a| to.is_none_or(|t| config.archive_end.admits(a.date, t, false)))
         .collect();
     matching.sort_by(|a, b| b.date.cmp(&a.date).then(b.serial.cmp(&a.serial)));
     // The runaway the provider was seen doing: the cursor is ignored, nextToken never ends.

@@ -1,10 +1,13 @@
-//! Daily archives: listing and paging, safe unpacking, retries, kill -9 mid-unpack, the
-//! `backfill` command, and jmafile going first.
+//! Daily archives: listing and paging, date bounds, safe unpacking (PAX and GNU metadata
+//! records), integrity from the data rather than `fileSize`, `dataCount`, retries, kill -9
+//! mid-unpack, the `backfill` command, and jmafile going first.
 
 use std::time::{Duration, Instant};
 
 use jma_poller::poll::archive::jst_today;
-use jma_poller::sim::{ArchiveSpec, DataFault, Hostile, ItemSpec, Sim, SimArchive, SimConfig};
+use jma_poller::sim::{
+    ArchiveSpec, DataFault, DateBound, Hostile, ItemSpec, Sim, SimArchive, SimConfig, TarFormat,
+};
 use jma_poller::state::Source;
 
 use crate::common::*;
@@ -201,8 +204,10 @@ async fn a_list_that_never_stops_paging_is_capped() {
     );
 }
 
+/// A body that fails the data's own checks (cut short, bad gzip CRC) is refused and fetched
+/// again; a dataCount that matches nothing is only a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn size_mismatch_truncation_and_corruption_are_retried_and_never_left_half_unpacked() {
+async fn truncation_and_corruption_are_retried_and_never_left_half_unpacked() {
     let sim = sim(200).await;
     let env = Env::new();
     let today = jst_today();
@@ -213,10 +218,6 @@ async fn size_mismatch_truncation_and_corruption_are_retried_and_never_left_half
     let corrupt = sim.add_archive(ArchiveSpec {
         telegrams: 200,
         ..ArchiveSpec::new("telegram.earthquake", today - time::Duration::days(2))
-    });
-    let lying = sim.add_archive(ArchiveSpec {
-        file_size: Some(12345),
-        ..ArchiveSpec::new("telegram.earthquake", today - time::Duration::days(3))
     });
     let miscounted = sim.add_archive(ArchiveSpec {
         data_count: Some(999),
@@ -239,40 +240,27 @@ async fn size_mismatch_truncation_and_corruption_are_retried_and_never_left_half
         )
     })
     .await;
-    let store_path = env.data_dir.join("state.sqlite");
-    wait_until(
-        Duration::from_secs(20),
-        "the lying archive fails",
-        || async {
-            let Ok(store) = jma_poller::state::Store::open_read_only(&store_path).await else {
-                return false;
-            };
-            let s = store
-                .item_state(Source::Archive, &lying.id)
-                .await
-                .ok()
-                .flatten();
-            store.close().await;
-            s.is_some_and(|(state, ..)| state == "failed")
-        },
-    )
-    .await;
     daemon.stop().await;
 
     assert_archive_exact(&env, &truncated);
     assert_archive_exact(&env, &corrupt);
     assert_archive_exact(&env, &miscounted); // a dataCount mismatch is a warning, not a failure
     let f = fetches(&sim);
-    assert_eq!((f[&truncated.id], f[&corrupt.id], f[&lying.id]), (2, 2, 2));
-    let (_, _, error, _) = env
-        .store()
-        .await
-        .item_state(Source::Archive, &lying.id)
+    assert_eq!(
+        (f[&truncated.id], f[&corrupt.id], f[&miscounted.id]),
+        (2, 2, 1)
+    );
+    let store = env.store().await;
+    let (state, attempts, _, _) = store
+        .item_state(Source::Archive, &corrupt.id)
         .await
         .unwrap()
         .unwrap();
-    assert!(error.unwrap().contains("fileSize 12345"));
-    assert!(!archive_dir(&env, &lying).exists(), "no half-unpacked day");
+    assert_eq!(
+        (state.as_str(), attempts),
+        ("done", 2),
+        "the corrupt body was refused once, then fetched again"
+    );
     assert!(tmp_leftovers(&env.data_dir).is_empty());
 }
 
@@ -543,4 +531,372 @@ async fn backfill_resumes_after_interruption_and_agrees_with_the_daemon() {
         "status agrees: all done"
     );
     assert!(tmp_leftovers(&env.data_dir).is_empty());
+}
+
+/// The JSON log lines of `path` whose `event` is `event`.
+fn log_events(path: &std::path::Path, event: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+/// The `datetime` parameter of an archive list request.
+fn datetime_param(r: &jma_poller::sim::Request) -> String {
+    url::form_urlencoded::parse(r.query.as_bytes())
+        .find(|(k, _)| k == "datetime")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The dates the simulator's archive list gives for `datetime`, asked by a plain client.
+async fn listed_dates(sim: &Sim, datetime: &str) -> Vec<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let url = format!("{}/v2/archive?datetime={datetime}", sim.base_url());
+    let r = reqwest::Client::new()
+        .get(url)
+        .basic_auth(sim.key(), Some(""))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["date"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Archives of `classification` for the five days around `day`, `day` in the middle.
+fn five_days(sim: &Sim, classification: &str, day: time::Date) -> Vec<SimArchive> {
+    (-2..=2)
+        .map(|d| {
+            sim.add_archive(ArchiveSpec::new(
+                classification,
+                day + time::Duration::days(d),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_day_backfill_lands_that_day_whichever_way_the_server_treats_the_bounds() {
+    for bound in [DateBound::Exclusive, DateBound::Inclusive] {
+        let sim = sim(200).await;
+        {
+            let mut c = sim.config();
+            c.archive_start = bound;
+            c.archive_end = bound;
+        }
+        let env = Env::new();
+        let around = five_days(
+            &sim,
+            "telegram.earthquake",
+            jst_today() - time::Duration::days(4),
+        );
+        let day = &around[2];
+        // The simulator does what it is told: asked for exactly the day, an exclusive start
+        // leaves nothing.
+        let plain = listed_dates(&sim, &format!("{}~{}", day.date_str(), day.date_str())).await;
+        assert_eq!(
+            plain.is_empty(),
+            bound == DateBound::Exclusive,
+            "{bound:?}: {plain:?}"
+        );
+        let ours_from = sim.requests().len();
+
+        let d = day.date_str();
+        let mut child = run_backfill(&env, &sim, &[], &d, &d);
+        let status = child
+            .exit_within(Duration::from_secs(120), "the one-day backfill")
+            .await;
+        let log = std::fs::read_to_string(env.root.path().join("backfill.log")).unwrap();
+        assert_eq!(status.code(), Some(0), "{bound:?}: {log}");
+        assert_archive_exact(&env, day);
+        let f = fetches(&sim);
+        for a in around.iter().filter(|a| a.id != day.id) {
+            assert!(
+                !archive_dir(&env, a).exists(),
+                "{bound:?}: {} landed",
+                a.date_str()
+            );
+            assert!(
+                !f.contains_key(&a.id),
+                "{bound:?}: {} fetched",
+                a.date_str()
+            );
+        }
+        let progress = env
+            .store()
+            .await
+            .archive_progress("telegram.earthquake", 0, i64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            progress,
+            vec![("done".to_owned(), 1)],
+            "{bound:?}: nothing else queued"
+        );
+        let lists: Vec<_> = sim
+            .requests()
+            .into_iter()
+            .skip(ours_from)
+            .filter(|r| r.path == "/v2/archive")
+            .collect();
+        assert_eq!(lists.len(), 1, "{bound:?}: one list call");
+        assert_eq!(
+            datetime_param(&lists[0]),
+            format!("{}~{}", around[1].date_str(), around[3].date_str()),
+            "a day wider at both ends"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_never_asks_for_days_before_the_service_keeps_them() {
+    let sim = sim(200).await;
+    let env = Env::new();
+    // eew.forecast is kept from 2022-07-20: a range ending before asks nothing at all.
+    let mut envs = env.binary_env(&sim);
+    envs.push(("JMA_POLLER__LOG__LEVEL".into(), "info".into()));
+    let log = env.root.path().join("backfill.log");
+    let mut child = spawn_bin(
+        &[
+            "backfill",
+            "--classification",
+            "eew.forecast",
+            "--from",
+            "2021-01-01",
+            "--to",
+            "2022-07-19",
+        ],
+        &envs,
+        &log,
+    );
+    let status = child
+        .exit_within(Duration::from_secs(60), "the backfill")
+        .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("from 2022-07-20 on"), "{text}");
+    assert!(
+        sim.requests().iter().all(|r| r.path != "/v2/archive"),
+        "no list call for days the service does not keep"
+    );
+    // A range reaching back before it starts at that day.
+    let mut child = spawn_bin(
+        &[
+            "backfill",
+            "--classification",
+            "eew.forecast",
+            "--from",
+            "2022-07-01",
+            "--to",
+            "2022-07-25",
+        ],
+        &envs,
+        &log,
+    );
+    let status = child
+        .exit_within(Duration::from_secs(60), "the backfill")
+        .await;
+    assert_eq!(status.code(), Some(0));
+    let lists: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v2/archive")
+        .collect();
+    assert_eq!(lists.len(), 1);
+    assert_eq!(datetime_param(&lists[0]), "2022-07-20~2022-07-26");
+}
+
+/// The kinds of the raw records in a simulated tarball (metadata included).
+fn record_kinds(a: &SimArchive) -> Vec<tar::EntryType> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&a.body[..]));
+    tar.entries()
+        .unwrap()
+        .raw(true)
+        .map(|e| e.unwrap().header().entry_type())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pax_headed_archive_lands_with_its_members_and_no_stray_metadata() {
+    let sim = sim(200).await;
+    let env = Env::new();
+    let long = format!(
+        "VXSE53_RJTD_20250212150002514_0c1f04f_{}.json",
+        "p".repeat(120)
+    );
+    let pax = sim.add_archive(ArchiveSpec {
+        format: TarFormat::Pax,
+        extra_members: vec![(long.clone(), b"{\"long\":\"pax\"}".to_vec())],
+        ..ArchiveSpec::new("telegram.earthquake", jst_today() - time::Duration::days(1))
+    });
+    let kinds = record_kinds(&pax);
+    assert_eq!(
+        kinds[0],
+        tar::EntryType::XGlobalHeader,
+        "a global header first"
+    );
+    assert!(kinds.contains(&tar::EntryType::XHeader));
+    let daemon = Daemon::start(archive_settings(&env, &sim));
+    wait_until(Duration::from_secs(30), "the PAX archive lands", || async {
+        archives_landed(&env, std::slice::from_ref(&pax))
+    })
+    .await;
+    daemon.stop().await;
+    // Exactly the members: no pax_global_header, no PaxHeaders.0/…, the long name whole.
+    assert_archive_exact(&env, &pax);
+    assert!(archive_dir(&env, &pax).join(&long).is_file());
+    assert_eq!(
+        files_under(&archive_dir(&env, &pax)).len(),
+        pax.expected.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gnu_long_name_member_lands_under_its_long_name() {
+    let sim = sim(200).await;
+    let env = Env::new();
+    let long = format!(
+        "IXAC41_RJTD_RRA_20250212150002101_0c1f04f_{}.bin",
+        "g".repeat(150)
+    );
+    let gnu = sim.add_archive(ArchiveSpec {
+        extra_members: vec![(long.clone(), b"BUFR-long-7777".to_vec())],
+        ..ArchiveSpec::new("telegram.earthquake", jst_today() - time::Duration::days(1))
+    });
+    assert!(record_kinds(&gnu).contains(&tar::EntryType::GNULongName));
+    let daemon = Daemon::start(archive_settings(&env, &sim));
+    wait_until(Duration::from_secs(30), "the archive lands", || async {
+        archives_landed(&env, std::slice::from_ref(&gnu))
+    })
+    .await;
+    daemon.stop().await;
+    assert_archive_exact(&env, &gnu);
+    assert_eq!(
+        std::fs::read(archive_dir(&env, &gnu).join(&long)).unwrap(),
+        b"BUFR-long-7777"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_with_a_wrong_file_size_lands_with_one_warning_and_the_metric() {
+    let sim = sim(200).await;
+    let env = Env::new();
+    let lying = sim.add_archive(ArchiveSpec {
+        file_size: Some(12345),
+        ..ArchiveSpec::new("telegram.volcano", jst_today() - time::Duration::days(1))
+    });
+    let honest = sim.add_archive(ArchiveSpec::new(
+        "telegram.volcano",
+        jst_today() - time::Duration::days(2),
+    ));
+    let port = crate::ops::free_port();
+    let mut envs = env.binary_env(&sim);
+    envs.push(("JMA_POLLER__ARCHIVE__ENABLED".into(), "true".into()));
+    envs.push(("JMA_POLLER__ARCHIVE__CHECK_INTERVAL".into(), "1s".into()));
+    envs.push((
+        "JMA_POLLER__SERVER__LISTEN".into(),
+        format!("127.0.0.1:{port}"),
+    ));
+    let log = env.root.path().join("daemon.log");
+    let mut child = spawn_bin(&["run"], &envs, &log);
+    let both = [lying.clone(), honest.clone()];
+    wait_until(Duration::from_secs(30), "both archives land", || async {
+        archives_landed(&env, &both)
+    })
+    .await;
+    // A few more checks, so a retry would have had its chance.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, metrics) = crate::ops::get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
+    assert_eq!(code, 200);
+
+    assert_archive_exact(&env, &lying);
+    assert_archive_exact(&env, &honest);
+    let f = fetches(&sim);
+    assert_eq!(
+        (f[&lying.id], f[&honest.id]),
+        (1, 1),
+        "a size mismatch is not a retry"
+    );
+    let warnings = log_events(&log, "archive_size_mismatch");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert_eq!(w["level"], "WARN");
+    assert_eq!(w["id"], lying.id.as_str());
+    assert_eq!(w["classification"], "telegram.volcano");
+    assert_eq!(w["date"], lying.date_str().as_str());
+    assert_eq!(w["announced"], 12345);
+    assert_eq!(w["actual"], lying.body.len() as u64);
+    assert!(log_events(&log, "retry").is_empty());
+    assert_eq!(
+        crate::ops::sample(
+            &metrics,
+            "jma_poller_archive_size_mismatch_total",
+            &[("classification", "telegram.volcano")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_count_is_checked_against_the_manifest_entries_or_the_distinct_telegrams() {
+    let sim = sim(200).await;
+    let env = Env::new();
+    let day = |d: i64| jst_today() - time::Duration::days(d);
+    // telegram.earthquake: 4 XML telegrams with JSON twins and 2 binary ones without.
+    let entries = sim.add_archive(ArchiveSpec::new("telegram.earthquake", day(1)));
+    assert_eq!(
+        (entries.manifest_entries, entries.distinct_telegrams),
+        (10, 6)
+    );
+    let distinct = sim.add_archive(ArchiveSpec {
+        data_count: Some(6),
+        ..ArchiveSpec::new("telegram.earthquake", day(2))
+    });
+    let neither = sim.add_archive(ArchiveSpec {
+        data_count: Some(8),
+        ..ArchiveSpec::new("telegram.earthquake", day(3))
+    });
+    assert_eq!(entries.data_count, 10);
+    let all = [entries.clone(), distinct.clone(), neither.clone()];
+    let mut envs = env.binary_env(&sim);
+    envs.push(("JMA_POLLER__ARCHIVE__ENABLED".into(), "true".into()));
+    envs.push(("JMA_POLLER__ARCHIVE__CHECK_INTERVAL".into(), "1s".into()));
+    let log = env.root.path().join("daemon.log");
+    let mut child = spawn_bin(&["run"], &envs, &log);
+    wait_until(Duration::from_secs(30), "the archives land", || async {
+        archives_landed(&env, &all)
+    })
+    .await;
+    assert_eq!(child.stop("-TERM", STOP_LIMIT).await.code(), Some(0));
+    for a in &all {
+        assert_archive_exact(&env, a);
+        let bins = a
+            .expected
+            .iter()
+            .filter(|f| f.rel_path.ends_with(".bin"))
+            .count();
+        assert_eq!(bins, 2, "binary telegrams land too");
+    }
+    let warnings = log_events(&log, "archive_data_count");
+    assert!(log_events(&log, "archive_no_manifest").is_empty());
+    assert_eq!(
+        warnings.len(),
+        1,
+        "only the count that matches neither: {warnings:?}"
+    );
+    assert_eq!(warnings[0]["id"], neither.id.as_str());
+    let message = warnings[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("dataCount is 8") && message.contains("10 entries, 6 distinct"),
+        "{message}"
+    );
 }
