@@ -136,6 +136,7 @@ impl Sim {
         classification: Option<&str>,
         type_name: Option<&str>,
     ) -> SimItem {
+        let _publishing = lock(&self.inner.publishing);
         let mut w = lock(&self.inner.world);
         let mut received = OffsetDateTime::now_utc();
         if let Some(last) = w.last_received {

@@ -280,6 +280,11 @@ struct World {
 struct Inner {
     config: Mutex<SimConfig>,
     world: Mutex<World>,
+    /// Held while one item or archive is built and published. Building (content, gzip, tar,
+    /// hashes) takes seconds for a large body in a debug build; doing it under `world` would
+    /// stall every request meanwhile, so adds are serialized here instead and take `world` only
+    /// to reserve a serial and to publish, which keeps serials visible in order.
+    publishing: Mutex<()>,
     faults: Mutex<Faults>,
     log: Mutex<Vec<Request>>,
     data_bucket: Mutex<Option<Bucket>>,
@@ -325,6 +330,7 @@ impl Sim {
                 rng_seed: 42,
                 ..World::default()
             }),
+            publishing: Mutex::new(()),
             faults: Mutex::new(Faults::default()),
             log: Mutex::new(Vec::new()),
             rejected_429: Default::default(),
@@ -392,18 +398,22 @@ impl Sim {
     /// spaced a second apart, as real products are, so their file names (which carry the
     /// time to the second) stay distinct.
     pub fn add(&self, spec: ItemSpec) -> SimItem {
-        let mut w = lock(&self.inner.world);
-        let mut now = OffsetDateTime::now_utc();
-        if spec.received.is_none() {
-            if let Some(last) = w.last_received {
-                now = now.max(last + time::Duration::seconds(1));
+        let _publishing = lock(&self.inner.publishing);
+        let (serial, now) = {
+            let mut w = lock(&self.inner.world);
+            let mut now = OffsetDateTime::now_utc();
+            if spec.received.is_none() {
+                if let Some(last) = w.last_received {
+                    now = now.max(last + time::Duration::seconds(1));
+                }
+                w.last_received = Some(now);
             }
-            w.last_received = Some(now);
-        }
-        let serial = w.next_serial;
-        w.next_serial += 1;
+            let serial = w.next_serial;
+            w.next_serial += 1;
+            (serial, now)
+        };
         let item = data::build(serial, &spec, now);
-        w.items.push(item.clone());
+        lock(&self.inner.world).items.push(item.clone());
         item
     }
 
@@ -442,10 +452,14 @@ impl Sim {
 
     /// Publishes a daily archive.
     pub fn add_archive(&self, spec: ArchiveSpec) -> SimArchive {
-        let mut w = lock(&self.inner.world);
-        w.next_archive_serial += 1;
-        let a = archive::build(w.next_archive_serial, &spec);
-        w.archives.push(a.clone());
+        let _publishing = lock(&self.inner.publishing);
+        let serial = {
+            let mut w = lock(&self.inner.world);
+            w.next_archive_serial += 1;
+            w.next_archive_serial
+        };
+        let a = archive::build(serial, &spec);
+        lock(&self.inner.world).archives.push(a.clone());
         a
     }
 
