@@ -464,7 +464,10 @@ async fn jmafile_list(
             && from.is_none_or(|f| i.received >= f)
             && to.is_none_or(|t| i.received < t)
     };
-    let global_max = world.next_serial.saturating_sub(1);
+    // The newest *published* serial: an item being built has its serial reserved but is not
+    // listed yet, and a cursor past it would skip it. Items are pushed in serial order (adds
+    // are serialized), so the last one is the newest.
+    let global_max = world.items.last().map_or(0, |i| i.serial);
     // Newest first.
     let mut visible: Vec<&SimItem> = world.items.iter().filter(matches).collect();
     visible.sort_by_key(|i| std::cmp::Reverse(i.serial));
