@@ -52,8 +52,8 @@ async fn a_backlog_is_drained_within_the_data_budget_and_never_draws_a_429() {
             "{in_window} body requests within {window:?}"
         );
     }
-    // Paced, not bunched: after the burst of 2 the budget grants one request every window/6
-    // (500 ms). The times here are when the simulator saw each request, which adds the
+    // Paced, not bunched: after the burst of 2 the budget grants one request every
+    // (window + margin) / 6 (710 ms). The times here are when the simulator saw each request, which adds the
     // scheduling delay of a loaded machine to each one, so single gaps wobble around 500 ms;
     // their median must sit at the pace, and no gap may come near what a burst would give
     // (requests back to back, a few ms apart).
