@@ -41,6 +41,11 @@ pub enum RunError {
         "the API refused the key on the first request ({0}); check api.key / api.key_file and the key's jmafile.list and jmafile.data permissions"
     )]
     Auth(ApiError),
+    #[error(
+        "the account's contract covers none of the sources this configuration asks for: {}. Add the contracts in the dmdata.jp console, or change jmafile.types / archive.classifications / the *.enabled settings",
+        describe_refusals(.0)
+    )]
+    NoContract(Vec<(String, String)>),
     #[error("{0}")]
     Client(String),
     #[error("task failed: {0}")]
@@ -48,14 +53,31 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// 2 = configuration, 3 = key refused at start (restarting will not help), 1 = other.
+    /// 2 = configuration, 3 = key or contract refused at start (restarting will not help),
+    /// 1 = other.
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Config(_) => 2,
-            RunError::Auth(_) => 3,
+            RunError::Auth(_) | RunError::NoContract(_) => 3,
             _ => 1,
         }
     }
+}
+
+/// `jmafile stream x (No contract.), archive:y (No contract.)`.
+fn describe_refusals(refusals: &[(String, String)]) -> String {
+    refusals
+        .iter()
+        .map(|(unit, message)| {
+            let kind = if unit.starts_with(crate::poll::archive::CURSOR) {
+                ""
+            } else {
+                "jmafile stream "
+            };
+            format!("{kind}{unit} (HTTP 402 {message:?})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The API client, with the body-download budget replaying requests logged before a restart
@@ -224,6 +246,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         let pacer = Arc::new(crate::poll::jmafile::list_pacer());
         for stream in plan.streams {
             health.register_stream(&stream.name);
+            health.expect_contract(&stream.name);
             let poller = JmaFilePoller::new(
                 client.clone(),
                 store.clone(),
@@ -240,6 +263,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         }
     }
     if settings.archive.enabled {
+        for unit in crate::poll::archive::contract_units(&settings.archive) {
+            health.expect_contract(&unit);
+        }
         let poller = ArchivePoller::new(
             client.clone(),
             store.clone(),
@@ -252,6 +278,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         tasks.spawn(async move {
             poller.run(c).await;
             Ok(())
+        });
+    }
+    {
+        // Refused by the contract everywhere before anything was covered: nothing to do,
+        // and restarting will not change that.
+        let h = health.clone();
+        let c = tasks_cancel.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = c.cancelled() => Ok(()),
+                refusals = h.refused_everywhere() => Err(RunError::NoContract(refusals)),
+            }
         });
     }
     if !settings.jmafile.enabled && !settings.archive.enabled {

@@ -153,7 +153,19 @@ pub async fn run(
         MAX_PAGES,
     )
     .await
-    .map_err(|e| RunError::Task(format!("listing archives: {e}")))?;
+    .map_err(|e| match e {
+        crate::poll::jmafile::PollError::Api(a) if a.is_no_contract() => {
+            let message = match &a {
+                crate::api::ApiError::Status { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            RunError::NoContract(vec![(
+                crate::poll::archive::contract_unit(&classification),
+                message,
+            )])
+        }
+        e => RunError::Task(format!("listing archives: {e}")),
+    })?;
     report_first_day(&classification, from, to, &listing);
     let committed = store.insert(&listing.items, now_ms()).await?;
     info!(

@@ -30,6 +30,20 @@ pub struct Health {
     landed_signal: tokio::sync::Notify,
     /// The jmafile PuLL streams, by name: readiness needs every one of them working.
     streams: Mutex<std::collections::BTreeMap<String, StreamHealth>>,
+    /// What the account's contract covers, per list source (a jmafile stream, an archive
+    /// classification), as its answers tell.
+    contracts: Mutex<Contracts>,
+    /// Woken whenever a source's contract outcome changes.
+    contracts_changed: tokio::sync::Notify,
+}
+
+/// Contract outcomes per list source. A source is `Unknown` until its first answer.
+#[derive(Debug, Default)]
+struct Contracts {
+    expected: std::collections::BTreeSet<String>,
+    covered: std::collections::BTreeSet<String>,
+    /// Source → the API's message, while it answers 402.
+    refused: std::collections::BTreeMap<String, String>,
 }
 
 /// One PuLL stream's part in readiness and the watchdog.
@@ -54,6 +68,8 @@ impl Default for Health {
             paused: AtomicBool::new(false),
             landed_signal: tokio::sync::Notify::new(),
             streams: Mutex::new(Default::default()),
+            contracts: Mutex::new(Default::default()),
+            contracts_changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -146,6 +162,83 @@ impl Health {
             }
         }
         None
+    }
+
+    fn contracts(&self) -> std::sync::MutexGuard<'_, Contracts> {
+        self.contracts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A list source whose first answer decides, with the others', whether the daemon can do
+    /// anything at all (registered before its loop starts).
+    pub fn expect_contract(&self, source: &str) {
+        self.contracts().expected.insert(source.to_owned());
+    }
+
+    /// The source got an answer other than 402: its contract is fine.
+    pub fn contract_covered(&self, source: &str) {
+        let mut c = self.contracts();
+        let changed = c.refused.remove(source).is_some() | c.covered.insert(source.to_owned());
+        drop(c);
+        if changed {
+            self.contracts_changed.notify_waiters();
+        }
+    }
+
+    /// The source answered 402 `No contract.`: readiness fails with `message` until it is
+    /// covered again.
+    pub fn contract_refused(&self, source: &str, message: &str) {
+        self.contracts()
+            .refused
+            .insert(source.to_owned(), message.to_owned());
+        self.contracts_changed.notify_waiters();
+    }
+
+    /// Why the daemon is not ready for lack of a contract, if a source is refused.
+    pub fn contract_not_ready(&self) -> Option<String> {
+        let c = self.contracts();
+        let (source, message) = c.refused.iter().next()?;
+        Some(format!(
+            "{source}: no contract ({message}); the account's contract does not cover it. \
+             Retried every {} minutes",
+            crate::poll::NO_CONTRACT_RETRY.as_secs() / 60
+        ))
+    }
+
+    /// Resolves, with every source and its message, only if each expected source's first
+    /// answer was a refusal before any was covered: the daemon has nothing it may do. Pends
+    /// forever otherwise (or when nothing is expected).
+    pub async fn refused_everywhere(&self) -> Vec<(String, String)> {
+        loop {
+            let changed = self.contracts_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.refused_verdict() {
+                Some(Some(refusals)) => return refusals,
+                Some(None) => return std::future::pending().await,
+                None => changed.await,
+            }
+        }
+    }
+
+    /// `Some(Some(refusals))`: every expected source refused, none covered; `Some(None)`: that
+    /// can no longer happen; `None`: not decided yet.
+    #[allow(clippy::option_option)]
+    fn refused_verdict(&self) -> Option<Option<Vec<(String, String)>>> {
+        let c = self.contracts();
+        if !c.covered.is_empty() || c.expected.is_empty() {
+            return Some(None);
+        }
+        c.expected
+            .iter()
+            .all(|s| c.refused.contains_key(s))
+            .then(|| {
+                Some(
+                    c.refused
+                        .iter()
+                        .map(|(s, m)| (s.clone(), m.clone()))
+                        .collect(),
+                )
+            })
     }
 
     pub fn last_success_ms(&self) -> Option<i64> {

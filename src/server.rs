@@ -60,8 +60,13 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
             .into_response();
     }
     if let Some(staleness) = ctx.staleness {
-        // Every PuLL stream must work, not just one of them.
-        if let Some(reason) = ctx.health.streams_not_ready(staleness) {
+        // Every list source must be covered by the contract and every PuLL stream must work,
+        // not just one of them.
+        if let Some(reason) = ctx
+            .health
+            .contract_not_ready()
+            .or_else(|| ctx.health.streams_not_ready(staleness))
+        {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {reason}\n"),

@@ -112,6 +112,12 @@ impl ApiError {
         )
     }
 
+    /// HTTP 402 (`No contract.`): the account's contract does not cover what was asked for.
+    /// Retrying soon cannot help; the contract may be added later.
+    pub fn is_no_contract(&self) -> bool {
+        matches!(self, ApiError::Status { status: 402, .. })
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ApiError::Status { status, .. } => Some(*status),

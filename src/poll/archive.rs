@@ -14,7 +14,12 @@
 //! unknown, so a later check or backfill that wants them queues them then. The range never
 //! starts before the first day the service keeps for the classifications
 //! ([`first_archived_day`]): a range outside that has been seen to page without end.
+//!
+//! Contracts: a list refused with 402 `No contract.` for several classifications is split once
+//! into one call per classification, so the covered ones go on and the refused ones are known
+//! by name; each refused one is asked again on its own every [`super::NO_CONTRACT_RETRY`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,6 +260,39 @@ pub async fn list_archives(
     Ok(out)
 }
 
+/// How often a refusal still standing is logged again at ERROR level.
+const NO_CONTRACT_REMIND: Duration = Duration::from_secs(3600);
+
+/// A classification the contract refused, and when to ask again.
+#[derive(Debug, Clone, Copy)]
+struct Refusal {
+    due: Instant,
+    logged: Instant,
+}
+
+/// The name of an archive list unit in health and `/readyz`: `archive` for every
+/// classification at once (none configured), `archive:{classification}` for one.
+pub fn contract_unit(classification: &str) -> String {
+    if classification.is_empty() {
+        CURSOR.to_owned()
+    } else {
+        format!("{CURSOR}:{classification}")
+    }
+}
+
+/// The contract units a configuration asks for: what must be refused for "nothing covered".
+pub fn contract_units(settings: &ArchiveSettings) -> Vec<String> {
+    if settings.classifications.is_empty() {
+        vec![contract_unit("")]
+    } else {
+        settings
+            .classifications
+            .iter()
+            .map(|c| contract_unit(c))
+            .collect()
+    }
+}
+
 pub struct ArchivePoller {
     client: Arc<Client>,
     store: Store,
@@ -292,8 +330,14 @@ impl ArchivePoller {
         }
     }
 
-    /// One check: list what is new since the horizon and queue it.
+    /// One check: list what is new since the horizon and queue it, for all the configured
+    /// classifications.
     pub async fn check_once(&self) -> Result<CheckReport, PollError> {
+        self.check(&self.settings.classifications).await
+    }
+
+    /// One check of `classifications` (empty = all the list returns).
+    async fn check(&self, classifications: &[String]) -> Result<CheckReport, PollError> {
         let cursor = self.store.cursor(CURSOR).await?.unwrap_or_default();
         let stored: Query = serde_json::from_str(&cursor.query).unwrap_or_default();
         let since = match stored.since.as_deref().map(crate::api::models::parse_date) {
@@ -320,7 +364,7 @@ impl ArchivePoller {
         let listing = list_archives(
             &self.client,
             &self.store,
-            &self.settings.classifications,
+            classifications,
             since,
             None,
             self.settings.keep_tarball,
@@ -367,6 +411,158 @@ impl ArchivePoller {
         })
     }
 
+    /// The regular check of every configured classification the contract did not refuse.
+    /// A 402 on a check of several splits it: each is asked on its own once, so the covered
+    /// ones are listed and the refused ones are known by name. `Ok(None)` when nothing was
+    /// left to list.
+    async fn check_covered(
+        &self,
+        refused: &mut BTreeMap<String, Refusal>,
+    ) -> Result<Option<CheckReport>, PollError> {
+        let configured = &self.settings.classifications;
+        let units: Vec<String> = if configured.is_empty() {
+            vec![String::new()]
+        } else {
+            configured.clone()
+        };
+        let active: Vec<String> = units
+            .into_iter()
+            .filter(|c| !refused.contains_key(c))
+            .collect();
+        if active.is_empty() {
+            return Ok(None);
+        }
+        let together: &[String] = if configured.is_empty() { &[] } else { &active };
+        match self.check(together).await {
+            Ok(report) => {
+                for c in &active {
+                    self.health.contract_covered(&contract_unit(c));
+                }
+                Ok(Some(report))
+            }
+            Err(PollError::Api(e)) if e.is_no_contract() && active.len() == 1 => {
+                self.refused(&active[0], &e, refused);
+                Ok(None)
+            }
+            Err(PollError::Api(e)) if e.is_no_contract() => {
+                let mut total: Option<CheckReport> = None;
+                for c in active {
+                    match self.check(std::slice::from_ref(&c)).await {
+                        Ok(r) => {
+                            self.health.contract_covered(&contract_unit(&c));
+                            total = Some(match total {
+                                None => r,
+                                Some(t) => CheckReport {
+                                    new: t.new + r.new,
+                                    refused: t.refused + r.refused,
+                                    pages: t.pages + r.pages,
+                                    since: t.since,
+                                },
+                            });
+                        }
+                        Err(PollError::Api(e)) if e.is_no_contract() => {
+                            self.refused(&c, &e, refused)
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(total)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks each refused classification whose retry is due again, on its own.
+    async fn ask_refused_again(&self, refused: &mut BTreeMap<String, Refusal>) {
+        let now = Instant::now();
+        let due: Vec<String> = refused
+            .iter()
+            .filter(|(_, r)| r.due <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in due {
+            match self.check(std::slice::from_ref(&c)).await {
+                Ok(report) => {
+                    refused.remove(&c);
+                    self.health.contract_covered(&contract_unit(&c));
+                    info!(
+                        event = "contract_covered",
+                        source = "archive",
+                        classification = %c,
+                        new = report.new,
+                        "the contract covers archive {} now; mirroring it again",
+                        contract_unit(&c)
+                    );
+                    if report.new > 0 {
+                        self.wake.notify_waiters();
+                    }
+                }
+                Err(PollError::Api(e)) if e.is_no_contract() => self.refused(&c, &e, refused),
+                Err(e) => {
+                    // Not an answer about the contract: asked again with the next retry.
+                    debug!(event = "contract_retry_failed", classification = %c, error = %e);
+                    if let Some(r) = refused.get_mut(&c) {
+                        r.due = now + super::NO_CONTRACT_RETRY;
+                    }
+                }
+            }
+        }
+    }
+
+    /// HTTP 402 `No contract.` for `classification` (empty = every classification): one
+    /// ERROR line (again after an hour if still refused), readiness failing with the reason,
+    /// and that classification asked again every [`super::NO_CONTRACT_RETRY`] while the
+    /// others go on.
+    fn refused(
+        &self,
+        classification: &str,
+        error: &crate::api::ApiError,
+        refused: &mut BTreeMap<String, Refusal>,
+    ) {
+        let now = Instant::now();
+        let unit = contract_unit(classification);
+        let message = match error {
+            crate::api::ApiError::Status { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let wait = super::NO_CONTRACT_RETRY;
+        let remind = refused
+            .get(classification)
+            .is_none_or(|r| now.duration_since(r.logged) >= NO_CONTRACT_REMIND);
+        let what = if classification.is_empty() {
+            "any archive; set archive.enabled = false if archives are not wanted".to_owned()
+        } else {
+            format!(
+                "archive classification {classification}; remove it from archive.classifications if it is not wanted"
+            )
+        };
+        if remind {
+            error!(
+                event = "no_contract",
+                source = "archive",
+                classification = %classification,
+                error = %error,
+                retry_in_s = wait.as_secs(),
+                "the account's contract does not cover {what} (HTTP 402 {message:?}). Add the contract in the dmdata.jp console; asking again every {} minutes, the other sources go on",
+                wait.as_secs() / 60
+            );
+        }
+        metrics::counter!("jma_poller_polls_total", "source" => "archive", "result" => "no_contract")
+            .increment(1);
+        self.health.contract_refused(&unit, &message);
+        let logged = match refused.get(classification) {
+            Some(r) if !remind => r.logged,
+            _ => now,
+        };
+        refused.insert(
+            classification.to_owned(),
+            Refusal {
+                due: now + wait,
+                logged,
+            },
+        );
+    }
+
     /// Checks every `archive.check_interval` until `cancel`; failures back off and retry.
     pub async fn run(self, cancel: CancellationToken) {
         let mut next_at = Instant::now();
@@ -383,15 +579,34 @@ impl ArchivePoller {
             }
         }
         let mut failures = FailureLog::default();
+        let mut refused = BTreeMap::new();
         loop {
+            let wake_at = refused
+                .values()
+                .map(|r: &Refusal| r.due)
+                .chain([next_at])
+                .min()
+                .unwrap_or(next_at);
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(next_at) => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.ask_refused_again(&mut refused) => {}
+            }
+            if Instant::now() < next_at {
+                continue;
             }
             let started = Instant::now();
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.check_once() => r,
+                r = self.check_covered(&mut refused) => r,
+            };
+            let Some(result) = result.transpose() else {
+                // Every classification is refused: each is asked again on its own.
+                next_at = Instant::now() + self.settings.check_interval;
+                continue;
             };
             match &result {
                 Ok(report) => {

@@ -635,16 +635,17 @@ impl JmaFilePoller {
         let mut next_at = Instant::now();
         match self.store.cursor(&name).await {
             Ok(Some(Cursor {
-                last_poll_ms: Some(last),
                 interval_ms: Some(interval),
                 ..
             })) => {
-                // Clamped: if the wall clock went back, the stored time is in the future and
-                // must not stall the first poll.
-                let wait_ms = (last + interval - now_ms()).min(interval);
-                if wait_ms > 0 {
-                    next_at += Duration::from_millis(wait_ms as u64);
-                }
+                // A full interval from now, not from the last recorded response: the previous
+                // process may have had a list call in flight when it stopped (a shutdown
+                // abandons it, `kill -9` too), whose response the server sent but nobody
+                // recorded. That response came before this start, so one interval from now
+                // is never too soon, whatever happened; it costs one interval per restart.
+                let interval = Duration::from_millis(interval.max(0) as u64)
+                    .clamp(MIN_INTERVAL, Duration::from_secs(3600));
+                next_at += interval;
             }
             Ok(_) => {}
             Err(e) => {
@@ -672,6 +673,10 @@ impl JmaFilePoller {
                 _ = cancel.cancelled() => return Ok(()),
                 r = self.poll_once() => r,
             };
+            // Any answer but 402 says the contract covers this stream.
+            if matches!(result, Ok(_) | Err(PollError::Refused { .. })) {
+                self.health.contract_covered(&name);
+            }
             match &result {
                 Ok(_) => {
                     self.health.poll_succeeded("jmafile");
@@ -716,6 +721,9 @@ impl JmaFilePoller {
                 }) => {
                     contacted = true;
                     self.types_refused(&source, &mut failures).await
+                }
+                Err(PollError::Api(e)) if e.is_no_contract() => {
+                    self.no_contract(&e, &mut failures).await
                 }
                 Err(PollError::Api(e)) if e.is_auth() => {
                     if !contacted {
@@ -837,6 +845,45 @@ impl JmaFilePoller {
         let _ = self
             .store
             .record_stream_error(&self.stream.name, &self.query_json(), &reason, now_ms())
+            .await;
+        wait
+    }
+
+    /// HTTP 402 `No contract.`: the account's contract does not cover this stream. One ERROR
+    /// line (and a reminder now and then), readiness failing with the reason, and the stream
+    /// asked again every [`super::NO_CONTRACT_RETRY`] while the other sources go on. When every
+    /// source is refused at start, the application stops with exit code 3 instead.
+    async fn no_contract(&self, error: &ApiError, failures: &mut FailureLog) -> Duration {
+        let wait = super::NO_CONTRACT_RETRY;
+        let message = match error {
+            ApiError::Status { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        if failures.failed("contract") {
+            error!(
+                event = "no_contract",
+                stream = %self.stream.name,
+                types = ?self.stream.types(),
+                error = %error,
+                retry_in_s = wait.as_secs(),
+                "the account's contract does not cover jmafile stream {} (HTTP 402 {message:?}): add the JMA file-format data contract in the dmdata.jp console, or set jmafile.enabled = false. Asking again every {} minutes; the other sources go on",
+                self.stream.name,
+                wait.as_secs() / 60
+            );
+        }
+        self.health.contract_refused(&self.stream.name, &message);
+        self.health.stream_refused(
+            &self.stream.name,
+            &format!("stream {}: no contract ({message})", self.stream.name),
+        );
+        let _ = self
+            .store
+            .record_stream_error(
+                &self.stream.name,
+                &self.query_json(),
+                &error.to_string(),
+                now_ms(),
+            )
             .await;
         wait
     }

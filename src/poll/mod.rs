@@ -8,6 +8,10 @@ pub mod streams;
 
 use std::time::Duration;
 
+/// How often a list source the contract does not cover (HTTP 402 `No contract.`) is asked
+/// again: a contract can be added at any time, and asking more often would only add load.
+pub const NO_CONTRACT_RETRY: Duration = Duration::from_secs(15 * 60);
+
 use crate::state::{NewItem, Source, now_ms};
 
 /// A list entry that did not parse but has an id: recorded as failed with the reason, so it is

@@ -84,6 +84,12 @@ pub struct SimConfig {
     /// Every `/v2/jmafile` request whose `type` holds one of these values is answered 400
     /// (a `type` the service will not take), with or without a cursor.
     pub refused_types: Vec<String>,
+    /// Lists the account's contract does not cover, answered 402 `No contract.` (how the
+    /// live lists answer an uncovered classification is undocumented; one client maps 402 to
+    /// "no valid contract" on every call): `jmafile` (every jmafile list), `archive` (every
+    /// archive list), or an archive classification (a list asking for it is refused; a list
+    /// of every classification leaves its archives out).
+    pub no_contract: Vec<String>,
     /// Whether the archive list's `datetime` start day is included. Undocumented; a live
     /// client found the first day missing (exclusive), which is the default here.
     pub archive_start: DateBound,
@@ -129,6 +135,7 @@ impl Default for SimConfig {
             tls: None,
             zip_items: false,
             cursor_refusal: None,
+            no_contract: Vec::new(),
             refused_types: Vec::new(),
             archive_start: DateBound::Exclusive,
             archive_end: DateBound::Exclusive,

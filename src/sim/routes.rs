@@ -368,6 +368,9 @@ fn parse_limit(q: &[(String, String)]) -> Result<usize, Response> {
     }
 }
 
+/// The 402 message documented on Socket Start (§15: the lists' answer is undocumented).
+const NO_CONTRACT: &str = "No contract.";
+
 async fn jmafile_list(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
@@ -400,6 +403,9 @@ async fn jmafile_list(
         Ok(req) => req,
         Err(resp) => return resp,
     };
+    if config.no_contract.iter().any(|c| c == "jmafile") {
+        return record(&inner, req, json_error(402, NO_CONTRACT));
+    }
     let limit = match parse_limit(&q) {
         Ok(n) => n,
         Err(resp) => return record(&inner, req, resp),
@@ -859,6 +865,10 @@ async fn archive_list(
                 .collect()
         })
         .unwrap_or_default();
+    let refused = |c: &String| config.no_contract.contains(c);
+    if config.no_contract.iter().any(|c| c == "archive") || classes.iter().any(refused) {
+        return record(&inner, req, json_error(402, NO_CONTRACT));
+    }
     let (from, to) = match param(&q, "datetime") {
         Some(r) => {
             let (a, b) = r.split_once('~').unwrap_or((r, ""));
@@ -874,6 +884,7 @@ async fn archive_list(
         .archives
         .iter()
         .filter(|a| classes.is_empty() || classes.contains(&a.classification))
+        .filter(|a| !refused(&a.classification))
         .filter(|a| from.is_none_or(|f| config.archive_start.admits(a.date, f, true)))
         .filter(|a| to.is_none_or(|t| config.archive_end.admits(a.date, t, false)))
         .collect();

@@ -5,6 +5,7 @@ mod archive;
 mod budget;
 mod cli;
 mod common;
+mod contract;
 mod crash;
 mod faults;
 mod hostile;
