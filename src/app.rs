@@ -18,10 +18,11 @@ use crate::api::{ApiError, Client, ClientError};
 use crate::config::{ConfigError, Secret, Settings};
 use crate::download::Downloader;
 use crate::health::Health;
+use crate::model::{Claim, now_ms};
 use crate::poll::archive::ArchivePoller;
 use crate::poll::jmafile::JmaFilePoller;
 use crate::poll::streams::StreamPlan;
-use crate::state::{Claim, Store, StoreError, now_ms};
+use crate::state::{Store, StoreError};
 use crate::storage::{Storage, StorageError};
 
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);

@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Client;
-use crate::state::{Store, now_ms};
+use crate::model::now_ms;
+use crate::state::Store;
 
 #[derive(Debug)]
 pub struct Health {

@@ -21,7 +21,8 @@ use tracing::{debug, error, warn};
 
 use crate::config::HookSettings;
 use crate::health::Health;
-use crate::state::{HookJob, HookOutcome, Store, now_ms};
+use crate::model::now_ms;
+use crate::state::{HookJob, HookOutcome, Store};
 use crate::storage::Storage;
 
 /// What the last part of a failing hook's stderr is kept for the error message.

@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::state::{Store, StoreError, now_ms};
+use crate::model::now_ms;
+use crate::state::{Store, StoreError};
 use crate::storage::Storage;
 
 const BATCH: i64 = 500;

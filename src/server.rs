@@ -13,7 +13,8 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
-use crate::state::{HoldReason, Store, now_ms};
+use crate::model::{HoldReason, now_ms};
+use crate::state::Store;
 
 #[derive(Clone)]
 struct Ctx {

@@ -11,6 +11,7 @@
 //! not counted); the rename and the final commit are never interrupted.
 
 pub mod decode;
+pub mod error;
 pub mod plan;
 pub mod unpack;
 
@@ -29,9 +30,10 @@ use url::Url;
 use crate::api::{ApiError, Client};
 use crate::config::DownloadSettings;
 use crate::health::Health;
-use crate::poll::FailureLog;
-use crate::state::{Claim, Claimed, Source, Store, StoreError, now_ms};
+use crate::model::{Claim, Claimed, Source, now_ms};
+use crate::state::{Store, StoreError};
 use crate::storage::Storage;
+use crate::worker::FailureLog;
 use decode::{DecodeError, Decoded, Staged};
 use plan::Compression;
 
@@ -404,7 +406,7 @@ impl Downloader {
                 self.health.landed();
                 self.resume_if(None);
                 // receivedTime → on disk; an archive has only a date, so no latency.
-                let latency_ms = (item.source == crate::state::Source::Jmafile)
+                let latency_ms = (item.source == crate::model::Source::Jmafile)
                     .then_some(item.received_ms)
                     .flatten()
                     .map(|r| now_ms() - r);

@@ -51,7 +51,8 @@ use crate::api::{ApiError, Client};
 use crate::config::JmaFileSettings;
 use crate::download::plan::plan_jmafile;
 use crate::health::Health;
-use crate::state::{Cursor, NewItem, Source, Store, StoreError, now_ms};
+use crate::model::{Cursor, NewItem, Source, now_ms};
+use crate::state::{Store, StoreError};
 
 /// The cursor of the stream without `type` (the only one before streams existed).
 pub const CURSOR: &str = super::streams::ALL;

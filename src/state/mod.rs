@@ -15,7 +15,9 @@ use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use crate::download::plan::Plan;
+pub use crate::model::{
+    Claim, Claimed, Cursor, HoldReason, ItemState, NewItem, Source, TypeMatch, now_ms,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -59,95 +61,11 @@ const DEFAULT_REFETCH_MS: i64 = 60_000;
 /// counted.
 pub const WAITING_LISTED: i64 = 20;
 
-/// Milliseconds since the Unix epoch, the time unit of every column.
-pub fn now_ms() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+trait ClaimParams {
+    fn params(&self) -> (bool, Option<&str>, i64, i64);
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Jmafile,
-    Archive,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Jmafile => "jmafile",
-            Source::Archive => "archive",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Source> {
-        match s {
-            "jmafile" => Some(Source::Jmafile),
-            "archive" => Some(Source::Archive),
-            _ => None,
-        }
-    }
-}
-
-/// The PuLL position of one list endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cursor {
-    /// nextPooling for the next head poll; `None` = list without a cursor (baseline).
-    pub token: Option<String>,
-    /// Filters the token was obtained with, as JSON; resent with it.
-    pub query: String,
-    /// Watermark: every item up to this serial is recorded.
-    pub high_serial: Option<u64>,
-    pub last_received_ms: Option<i64>,
-    pub interval_ms: Option<i64>,
-    pub last_poll_ms: Option<i64>,
-    /// nextToken of a backlog still being paged back.
-    pub backlog_token: Option<String>,
-    /// nextPooling to adopt once the backlog is done.
-    pub backlog_pooling: Option<String>,
-    /// Highest serial of the backlog's head page (the watermark once it is done).
-    pub backlog_high: Option<u64>,
-}
-
-/// A listed item to record. `refused` items are stored as failed right away.
-#[derive(Debug, Clone)]
-pub struct NewItem {
-    pub source: Source,
-    pub id: String,
-    pub serial: Option<u64>,
-    pub classification: String,
-    pub received_ms: Option<i64>,
-    pub url: String,
-    pub plan: Option<Plan>,
-    pub path: Option<String>,
-    pub refused: Option<String>,
-    /// A jmafile item's data identifier (HEADER_VALUES); None for archives.
-    pub type_name: Option<String>,
-}
-
-/// Which of the mirror's items a jmafile stream's entry covers (see [`Store::newest_listed`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TypeMatch {
-    /// Every jmafile item.
-    Any,
-    Prefix(String),
-    Exact(String),
-}
-
-/// Which queued items a worker may take.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Claim {
-    #[default]
-    Any,
-    /// Reserved for the live stream, so long archive downloads never hold every worker.
-    JmafileOnly,
-    /// One classification's archives for dates in `[from_ms, to_ms]` (the `backfill` command).
-    Archives {
-        classification: String,
-        from_ms: i64,
-        to_ms: i64,
-    },
-}
-
-impl Claim {
+impl ClaimParams for Claim {
     /// (jmafile only?, archive classification, from, to) as SQL parameters.
     fn params(&self) -> (bool, Option<&str>, i64, i64) {
         match self {
@@ -160,23 +78,6 @@ impl Claim {
             } => (false, Some(classification), *from_ms, *to_ms),
         }
     }
-}
-
-/// An item claimed for download.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub seq: i64,
-    pub source: Source,
-    pub id: String,
-    pub serial: Option<u64>,
-    pub classification: String,
-    pub received_ms: Option<i64>,
-    pub url: String,
-    pub plan: Plan,
-    pub path: String,
-    pub attempts: u32,
-    /// 429 answers so far (they never use up attempts).
-    pub throttles: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -213,32 +114,6 @@ pub struct CursorStatus {
     pub last_poll_ms: Option<i64>,
     pub last_error: Option<String>,
     pub last_error_ms: Option<i64>,
-}
-
-/// Why an item is held back before its url may be requested again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HoldReason {
-    /// `download.refetch_delay` after the previous request of the same id.
-    RefetchDelay,
-    /// The data host blocked this id (429 "same data"): `download.same_id_backoff`.
-    SameId,
-}
-
-impl HoldReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HoldReason::RefetchDelay => "refetch_delay",
-            HoldReason::SameId => "same_id",
-        }
-    }
-    fn parse(s: &str) -> Option<HoldReason> {
-        match s {
-            "refetch_delay" => Some(HoldReason::RefetchDelay),
-            "same_id" => Some(HoldReason::SameId),
-            _ => None,
-        }
-    }
 }
 
 /// Items waiting on a hold, per reason.
@@ -1417,7 +1292,7 @@ async fn insert_items(
                 .fetch_optional(&mut **tx)
                 .await?;
             if taken.is_some() {
-                let unique = crate::download::plan::disambiguate(p, &item.id);
+                let unique = crate::model::plan::disambiguate(p, &item.id);
                 tracing::warn!(
                     event = "path_collision",
                     id = %item.id,
@@ -1453,10 +1328,7 @@ async fn insert_items(
         .bind(&item.url)
         .bind(plan)
         .bind(state)
-        .bind(match item.source {
-            Source::Jmafile => 0i64,
-            Source::Archive => 1,
-        })
+        .bind(item.source.priority())
         .bind(&item.refused)
         .bind(path)
         .bind(now)
@@ -1580,7 +1452,7 @@ mod tests {
     }
 
     fn item(id: &str) -> NewItem {
-        use crate::download::plan::{Compression, Layout};
+        use crate::model::plan::{Compression, Layout, Plan};
         NewItem {
             source: Source::Jmafile,
             id: id.into(),
