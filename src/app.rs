@@ -22,6 +22,7 @@ use crate::model::{Claim, now_ms};
 use crate::poll::archive::ArchivePoller;
 use crate::poll::jmafile::JmaFilePoller;
 use crate::poll::streams::StreamPlan;
+use crate::state::prelude::*;
 use crate::state::{Store, StoreError};
 use crate::storage::{Storage, StorageError};
 

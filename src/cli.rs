@@ -13,6 +13,7 @@ use crate::config::{self, Secret, Settings};
 use crate::model::now_ms;
 use crate::sim::{Sim, SimConfig};
 use crate::state::Store;
+use crate::state::prelude::*;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::model::now_ms;
+use crate::state::prelude::*;
 use crate::state::{Store, StoreError};
 use crate::storage::Storage;
 
@@ -86,7 +87,7 @@ pub async fn prune_once(
         }
         items += store.delete_items(&removed).await?;
         bytes += freed;
-        metrics::counter!("jma_poller_retention_removed_total").increment(removed.len() as u64);
+        metrics::counter!(crate::metric::RETENTION_REMOVED).increment(removed.len() as u64);
     }
     Ok((items, bytes))
 }

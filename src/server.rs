@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::Health;
 use crate::model::{HoldReason, now_ms};
 use crate::state::Store;
+use crate::state::prelude::*;
 
 #[derive(Clone)]
 struct Ctx {
@@ -123,9 +124,9 @@ async fn refresh_waiting(store: &Store) {
             .iter()
             .find(|c| c.reason == reason)
             .map_or(0, |c| c.items);
-        metrics::gauge!("jma_poller_items_waiting", "reason" => reason.as_str()).set(n as f64);
+        metrics::gauge!(crate::metric::ITEMS_WAITING, "reason" => reason.as_str()).set(n as f64);
     }
     let next = waiting.counts.iter().map(|c| c.next_due_ms).min();
-    metrics::gauge!("jma_poller_items_waiting_next_due_timestamp_seconds")
+    metrics::gauge!(crate::metric::ITEMS_WAITING_NEXT_DUE)
         .set(next.map_or(0.0, |ms| ms as f64 / 1000.0));
 }

@@ -72,7 +72,7 @@ impl Warning {
             .unwrap_or_default();
         match self {
             Warning::SizeMismatch { announced, actual } => {
-                metrics::counter!("jma_poller_archive_size_mismatch_total", "classification" => item.classification.clone()).increment(1);
+                metrics::counter!(crate::metric::ARCHIVE_SIZE_MISMATCH, "classification" => item.classification.clone()).increment(1);
                 tracing::warn!(
                     event = "archive_size_mismatch",
                     id = %item.id,

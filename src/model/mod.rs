@@ -201,6 +201,9 @@ pub struct Claimed {
     pub attempts: u32,
     /// 429 answers so far (they never use up attempts).
     pub throttles: u32,
+    /// Bumped by every claim of the row: a renewal or requeue carrying an older token comes
+    /// from a holder that lost the item (its lease ran out and it was taken back).
+    pub fencing: i64,
 }
 
 /// How long a claim holds an item without being renewed. The downloader renews it every

@@ -39,6 +39,7 @@ use crate::download::plan::plan_archive;
 use crate::health::Health;
 use crate::model::{Cursor, NewItem, Source, now_ms};
 use crate::state::Store;
+use crate::state::prelude::*;
 
 pub use crate::model::ARCHIVE_CURSOR as CURSOR;
 const ENDPOINT: &str = "/v2/archive";
@@ -312,6 +313,7 @@ impl ArchivePoller {
 
     /// One check: list what is new since the horizon and queue it, for all the configured
     /// classifications.
+    #[tracing::instrument(name = "poll", skip_all, fields(source = "archive"))]
     pub async fn check_once(&self) -> Result<CheckReport, PollError> {
         self.check(&self.settings.classifications).await
     }
@@ -527,7 +529,7 @@ impl ArchivePoller {
                 wait.as_secs() / 60
             );
         }
-        metrics::counter!("jma_poller_polls_total", "source" => "archive", "result" => "no_contract")
+        metrics::counter!(crate::metric::POLLS, "source" => "archive", "result" => "no_contract")
             .increment(1);
         self.health.contract_refused(&unit, &message);
         let logged = match refused.get(classification) {
@@ -591,13 +593,13 @@ impl ArchivePoller {
             match &result {
                 Ok(report) => {
                     self.health.poll_succeeded("archive");
-                    metrics::counter!("jma_poller_polls_total", "source" => "archive", "result" => "ok").increment(1);
-                    metrics::counter!("jma_poller_items_listed_total", "source" => "archive")
+                    metrics::counter!(crate::metric::POLLS, "source" => "archive", "result" => "ok").increment(1);
+                    metrics::counter!(crate::metric::ITEMS_LISTED, "source" => "archive")
                         .increment((report.new + report.refused) as u64);
                 }
                 Err(e) => {
                     self.health.poll_failed(&e.to_string());
-                    metrics::counter!("jma_poller_polls_total", "source" => "archive", "result" => "error").increment(1);
+                    metrics::counter!(crate::metric::POLLS, "source" => "archive", "result" => "error").increment(1);
                 }
             }
             let wait = match result {

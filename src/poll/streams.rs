@@ -19,6 +19,7 @@ use std::collections::BTreeSet;
 
 use crate::catalog::{Catalog, EntryKind};
 use crate::model::TypeMatch;
+use crate::state::prelude::*;
 use crate::state::{Store, StoreError};
 
 /// The name of the stream without `type` (also the cursor name of versions before streams).

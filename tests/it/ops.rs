@@ -2,6 +2,7 @@
 //! over HTTP, `healthcheck`, retention, the low-disk guard on a real small filesystem, the
 //! post-download hook, `sockets`, and journald priorities.
 
+use jma_poller::state::prelude::*;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};

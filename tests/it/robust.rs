@@ -1,6 +1,7 @@
 //! Robustness: a soak under every fault at once with kill -9, a full disk, database trouble,
 //! wall-clock jumps, and peers that hang.
 
+use jma_poller::state::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::process::Command;
 use std::time::{Duration, Instant};
