@@ -631,8 +631,14 @@ async fn a_hanging_list_call_blocks_neither_downloads_nor_shutdown() {
     ]);
     let log = env.root.path().join("out.log");
     let mut envs = env.binary_env(&sim);
-    // Downloads paced at 4 per 2 s, so they go on while the second list call hangs.
+    // Downloads paced at 4 per 2 s, so they go on while the second list call hangs. The
+    // client's read timeout (3 s in the tests' environment, shared by list calls) is set past
+    // the test's own deadline, so the hang lasts as long as the test looks.
     envs.extend([
+        (
+            "JMA_POLLER__DOWNLOAD__READ_TIMEOUT".to_owned(),
+            "90s".to_owned(),
+        ),
         (
             "JMA_POLLER__LIMITS__DATA_REQUESTS".to_owned(),
             "4".to_owned(),
