@@ -264,19 +264,21 @@ impl Downloader {
             .await
             .unwrap_or(None);
             match in_place {
+                // Not recorded when claimed again by someone else meanwhile: theirs to land.
                 Some(Ok(bytes)) => {
-                    self.store.mark_done(item.seq, bytes, now_ms()).await?;
-                    info!(
-                        event = "adopted",
-                        source = item.source.as_str(),
-                        id = %item.id,
-                        serial = item.serial,
-                        classification = %item.classification,
-                        path = %item.path,
-                        bytes,
-                        "file was in place before its download was recorded; recorded as done without fetching again"
-                    );
-                    adopted += 1;
+                    if self.store.mark_done(&item, bytes, now_ms()).await? {
+                        info!(
+                            event = "adopted",
+                            source = item.source.as_str(),
+                            id = %item.id,
+                            serial = item.serial,
+                            classification = %item.classification,
+                            path = %item.path,
+                            bytes,
+                            "file was in place before its download was recorded; recorded as done without fetching again"
+                        );
+                        adopted += 1;
+                    }
                 }
                 Some(Err(e)) => {
                     warn!(event = "requeued", id = %item.id, path = %item.path, error = %e, "found in place but cannot be made durable; fetching again");
@@ -409,7 +411,9 @@ impl Downloader {
         let ms = started.elapsed().as_millis() as u64;
         match result {
             Ok((bytes, raw)) => {
-                self.store.mark_done(item.seq, bytes, now_ms()).await?;
+                if !self.store.mark_done(item, bytes, now_ms()).await? {
+                    warn!(event = "lease_lost", id = %item.id, serial = item.serial, classification = %item.classification, "landed, but the claim had been taken back (its lease ran out) and the item claimed again; its new holder records it");
+                }
                 self.health.landed();
                 self.resume_if(None);
                 // receivedTime → on disk; an archive has only a date, so no latency.
@@ -508,7 +512,7 @@ impl Downloader {
                 )
             };
             metrics::counter!(crate::metric::ITEMS_FAILED, "source" => source, "classification" => item.classification.clone()).increment(1);
-            self.store.mark_failed(item.seq, &error, now_ms()).await?;
+            self.store.mark_failed(item, &error, now_ms()).await?;
             error!(
                 event = "failed",
                 source,
@@ -528,14 +532,14 @@ impl Downloader {
         }
         match next {
             Next::Requeue => {
-                self.store.mark_retry(item.seq, None, 0, false).await?;
+                self.store.mark_retry(item, None, 0, false).await?;
                 debug!(event = "requeued", id = %item.id, "download interrupted by shutdown; queued again");
                 Ok(Step::Cancelled)
             }
             Next::Pause { why, wait } => {
                 self.store
                     .mark_retry(
-                        item.seq,
+                        item,
                         Some(&error),
                         now_ms() + wait.as_millis() as i64,
                         false,
@@ -569,7 +573,7 @@ impl Downloader {
                 );
                 let due = self
                     .store
-                    .mark_throttled(item.seq, &error, now_ms() + wait.as_millis() as i64)
+                    .mark_throttled(item, &error, now_ms() + wait.as_millis() as i64)
                     .await?;
                 warn!(
                     event = "throttled",
@@ -587,10 +591,7 @@ impl Downloader {
             Next::SameId => {
                 // Rounded up, so the wait is never shorter than same_id_backoff.
                 let until = now_ms() + 1 + self.settings.same_id_backoff.as_millis() as i64;
-                let due = self
-                    .store
-                    .mark_same_id_blocked(item.seq, &error, until)
-                    .await?;
+                let due = self.store.mark_same_id_blocked(item, &error, until).await?;
                 warn!(
                     event = "same_id_blocked",
                     source = item.source.as_str(),
@@ -613,12 +614,7 @@ impl Downloader {
                 );
                 let due = self
                     .store
-                    .mark_retry(
-                        item.seq,
-                        Some(&error),
-                        now_ms() + wait.as_millis() as i64,
-                        true,
-                    )
+                    .mark_retry(item, Some(&error), now_ms() + wait.as_millis() as i64, true)
                     .await?;
                 warn!(
                     event = "retry",

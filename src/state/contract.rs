@@ -215,21 +215,18 @@ async fn transitions<S: StateStore>(store: S) {
     // Retry: back in the queue, not due before next_ms, the attempt counted.
     let a = claim(t).await.unwrap().unwrap();
     let due = store
-        .mark_retry(a.seq, Some("503"), t + 600_000, true)
+        .mark_retry(&a, Some("503"), t + 600_000, true)
         .await
         .unwrap();
     assert!(due >= t + 600_000, "{due}");
     // Throttle: the attempt given back, the throttle counted.
     let b = claim(t).await.unwrap().unwrap();
     assert_ne!(a.seq, b.seq);
-    store
-        .mark_throttled(b.seq, "429", t + 600_000)
-        .await
-        .unwrap();
+    store.mark_throttled(&b, "429", t + 600_000).await.unwrap();
     // Same-id block: held, listed as waiting for that reason.
     let c = claim(t).await.unwrap().unwrap();
     store
-        .mark_same_id_blocked(c.seq, "same data", t + 900_000)
+        .mark_same_id_blocked(&c, "same data", t + 900_000)
         .await
         .unwrap();
     let waiting = store.waiting(now_ms()).await.unwrap();
@@ -242,10 +239,7 @@ async fn transitions<S: StateStore>(store: S) {
     );
     // Fail: for good until retry-failed.
     let d = claim(t).await.unwrap().unwrap();
-    store
-        .mark_failed(d.seq, "bad body", now_ms())
-        .await
-        .unwrap();
+    store.mark_failed(&d, "bad body", now_ms()).await.unwrap();
     assert!(claim(t + 1).await.unwrap().is_none(), "nothing due now");
     assert!(store.next_due_ms(&Claim::Any).await.unwrap().unwrap() >= t + 600_000);
 
@@ -323,6 +317,21 @@ async fn lease_expiry_lets_another_node_take_over<S: StateStore>(store: S) {
     // The old holder learns it lost the item, and cannot put it back.
     assert!(!store.renew_claim(&held, t + 20_000).await.unwrap());
     assert!(!store.requeue(&held, None).await.unwrap());
+    // Nor end it any other way: the new holder's claim stands.
+    assert!(!store.mark_done(&held, 1, now_ms()).await.unwrap());
+    assert!(!store.mark_failed(&held, "late", now_ms()).await.unwrap());
+    store
+        .mark_retry(&held, Some("late"), 0, true)
+        .await
+        .unwrap();
+    store.mark_throttled(&held, "late", 0).await.unwrap();
+    store.mark_same_id_blocked(&held, "late", 0).await.unwrap();
+    let state = store
+        .item_state(Source::Jmafile, &held.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((state.0.as_str(), state.1, state.2), ("fetching", 2, None));
     assert!(store.own_claims().await.unwrap().is_empty());
     assert_eq!(b.own_claims().await.unwrap().len(), 1);
     assert!(b.renew_claim(&taken, t + LATER).await.unwrap());
@@ -371,10 +380,7 @@ async fn counts_follow_transitions<S: StateStore>(store: S) {
         .unwrap()
         .unwrap();
     assert_eq!(only_jmafile.source, Source::Jmafile);
-    store
-        .mark_done(only_jmafile.seq, 42, now_ms())
-        .await
-        .unwrap();
+    store.mark_done(&only_jmafile, 42, now_ms()).await.unwrap();
     assert_eq!(store.done_count().await.unwrap(), 1);
     assert_eq!(
         store.queue_depth().await.unwrap(),

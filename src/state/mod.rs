@@ -266,6 +266,10 @@ pub trait CursorStore {
 
 /// The download queue: listed items, their claims (owner + lease) and their transitions.
 ///
+/// Every transition out of a claim (`mark_*`, `requeue`, `renew_claim`) names the claim it ends
+/// ([`Claimed::fencing`]): it is refused (false, or a no-op) once the item was claimed again
+/// by someone else, so a holder that lost its item cannot overwrite the new holder's work.
+///
 /// Claims: [`QueueStore::claim_next`] gives an item to this store's node for [`LEASE`]; the
 /// downloader renews it while the body streams. An item whose lease ran out belongs to nobody:
 /// [`QueueStore::expired_claims`] returns it (whoever held it) for adoption or the queue. At
@@ -310,16 +314,16 @@ pub trait QueueStore {
     /// stays held for refetch_delay, should anything ever queue it again.
     fn mark_done(
         &self,
-        seq: i64,
+        item: &Claimed,
         bytes: u64,
         now: i64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Back to the queue after an attempt, due at `next_ms` or when the id's hold ends,
     /// whichever is later (returned). `count_attempt = false` gives the claim's attempt back.
     fn mark_retry(
         &self,
-        seq: i64,
+        item: &Claimed,
         error: Option<&str>,
         next_ms: i64,
         count_attempt: bool,
@@ -329,7 +333,7 @@ pub trait QueueStore {
     /// when the item is due.
     fn mark_throttled(
         &self,
-        seq: i64,
+        item: &Claimed,
         error: &str,
         next_ms: i64,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
@@ -338,7 +342,7 @@ pub trait QueueStore {
     /// refetch_delay from now), the attempt given back. Returns when the item is due.
     fn mark_same_id_blocked(
         &self,
-        seq: i64,
+        item: &Claimed,
         error: &str,
         until_ms: i64,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
@@ -363,10 +367,10 @@ pub trait QueueStore {
     /// Marks an item failed for good (the id stays held for refetch_delay).
     fn mark_failed(
         &self,
-        seq: i64,
+        item: &Claimed,
         error: &str,
         now: i64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// When the earliest waiting item `claim` may take becomes due, if any is waiting.
     fn next_due_ms(

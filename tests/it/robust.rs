@@ -584,7 +584,7 @@ async fn a_wall_clock_that_went_back_neither_stalls_the_poller_nor_the_queue() {
         .unwrap()
         .expect("the retry exists");
     store
-        .mark_retry(claimed.seq, None, now_ms() + 86_400_000, false)
+        .mark_retry(&claimed, None, now_ms() + 86_400_000, false)
         .await
         .unwrap();
     store.close().await;

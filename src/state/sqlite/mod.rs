@@ -593,10 +593,7 @@ mod tests {
 
         // A retry asked for "now" is due a refetch_delay after the attempt ended.
         let ended = now_ms();
-        let due = store
-            .mark_retry(a.seq, Some("broken"), 0, true)
-            .await
-            .unwrap();
+        let due = store.mark_retry(&a, Some("broken"), 0, true).await.unwrap();
         assert!(due > ended + DELAY, "{due} vs {ended}");
         assert_eq!(store.next_due_ms(&Claim::Any).await.unwrap(), Some(due));
         let waiting = store.waiting(ended).await.unwrap();
@@ -619,7 +616,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let failed_at = now_ms();
-        store.mark_failed(a.seq, "gone", failed_at).await.unwrap();
+        store.mark_failed(&a, "gone", failed_at).await.unwrap();
         assert_eq!(store.retry_failed(None, None).await.unwrap(), (1, 0));
         let due = store.next_due_ms(&Claim::Any).await.unwrap().unwrap();
         assert!(due > failed_at + DELAY, "{due} vs {failed_at}");
@@ -640,7 +637,7 @@ mod tests {
             .unwrap();
         let blocked_until = now_ms() + 2_700_000;
         let due = store
-            .mark_same_id_blocked(a.seq, "429 same data", blocked_until)
+            .mark_same_id_blocked(&a, "429 same data", blocked_until)
             .await
             .unwrap();
         assert_eq!(due, blocked_until);

@@ -112,32 +112,39 @@ impl QueueStore for SqliteStore {
     /// Marks an item done; with hooks on, its hook run is recorded in the same transaction, so
     /// no crash can land an item without its hook (at least once). The id stays held for
     /// refetch_delay, should anything ever queue it again.
-    async fn mark_done(&self, seq: i64, bytes: u64, now: i64) -> Result<(), StoreError> {
+    async fn mark_done(&self, item: &Claimed, bytes: u64, now: i64) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
+        let marked = sqlx::query(
             "UPDATE items SET state = 'done', bytes = ?1, finished_ms = ?2, last_error = NULL,
                               owner = NULL, lease_until_ms = NULL,
                               hold_until_ms = MAX(COALESCE(hold_until_ms, 0), ?3),
                               hold_reason = CASE WHEN COALESCE(hold_until_ms, 0) >= ?3
                                                  THEN hold_reason ELSE 'refetch_delay' END
-             WHERE seq = ?4",
+             WHERE seq = ?4 AND fencing = ?5",
         )
         .bind(bytes as i64)
         .bind(now)
         .bind(self.hold_after_attempt())
-        .bind(seq)
+        .bind(item.seq)
+        .bind(item.fencing)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            > 0;
+        if !marked {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         if self.hooks {
             sqlx::query(
                 "INSERT INTO hooks (seq, state) VALUES (?, 'pending') ON CONFLICT (seq) DO NOTHING",
             )
-            .bind(seq)
+            .bind(item.seq)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Back to the queue after an attempt, due at `next_ms` or when the id's hold ends,
@@ -146,7 +153,7 @@ impl QueueStore for SqliteStore {
     /// key are not the item's fault). Returns when the item is due.
     async fn mark_retry(
         &self,
-        seq: i64,
+        item: &Claimed,
         error: Option<&str>,
         next_ms: i64,
         count_attempt: bool,
@@ -159,14 +166,15 @@ impl QueueStore for SqliteStore {
                                                  THEN hold_reason ELSE 'refetch_delay' END,
                               last_error = COALESCE(?3, last_error),
                               attempts = attempts - ?4
-             WHERE seq = ?5
+             WHERE seq = ?5 AND fencing = ?6
              RETURNING next_attempt_ms",
         )
         .bind(next_ms)
         .bind(self.hold_after_attempt())
         .bind(error)
         .bind(if count_attempt { 0i64 } else { 1 })
-        .bind(seq)
+        .bind(item.seq)
+        .bind(item.fencing)
         .fetch_optional(&self.pool)
         .await?
         .unwrap_or(next_ms))
@@ -174,7 +182,12 @@ impl QueueStore for SqliteStore {
 
     /// Back to the queue after a 429: the attempt is given back and the throttle counted.
     /// Due at `next_ms` or when the id's hold ends, whichever is later (returned).
-    async fn mark_throttled(&self, seq: i64, error: &str, next_ms: i64) -> Result<i64, StoreError> {
+    async fn mark_throttled(
+        &self,
+        item: &Claimed,
+        error: &str,
+        next_ms: i64,
+    ) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
             "UPDATE items SET state = 'pending', owner = NULL, lease_until_ms = NULL,
                               next_attempt_ms = MAX(?1, COALESCE(hold_until_ms, 0), ?2),
@@ -183,13 +196,14 @@ impl QueueStore for SqliteStore {
                                                  THEN hold_reason ELSE 'refetch_delay' END,
                               last_error = ?3,
                               attempts = attempts - 1, throttles = throttles + 1
-             WHERE seq = ?4
+             WHERE seq = ?4 AND fencing = ?5
              RETURNING next_attempt_ms",
         )
         .bind(next_ms)
         .bind(self.hold_after_attempt())
         .bind(error)
-        .bind(seq)
+        .bind(item.seq)
+        .bind(item.fencing)
         .fetch_optional(&self.pool)
         .await?
         .unwrap_or(next_ms))
@@ -200,7 +214,7 @@ impl QueueStore for SqliteStore {
     /// about the item changes. Returns when the item is due.
     async fn mark_same_id_blocked(
         &self,
-        seq: i64,
+        item: &Claimed,
         error: &str,
         until_ms: i64,
     ) -> Result<i64, StoreError> {
@@ -211,13 +225,14 @@ impl QueueStore for SqliteStore {
                               hold_reason = 'same_id',
                               last_error = ?3,
                               attempts = attempts - 1
-             WHERE seq = ?4
+             WHERE seq = ?4 AND fencing = ?5
              RETURNING next_attempt_ms",
         )
         .bind(until_ms)
         .bind(self.hold_after_attempt())
         .bind(error)
-        .bind(seq)
+        .bind(item.seq)
+        .bind(item.fencing)
         .fetch_optional(&self.pool)
         .await?
         .unwrap_or(until_ms))
@@ -277,22 +292,24 @@ impl QueueStore for SqliteStore {
 
     /// Marks an item failed for good. The id stays held for refetch_delay, so `retry-failed`
     /// right after does not request it again at once.
-    async fn mark_failed(&self, seq: i64, error: &str, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn mark_failed(&self, item: &Claimed, error: &str, now: i64) -> Result<bool, StoreError> {
+        let n = sqlx::query(
             "UPDATE items SET state = 'failed', last_error = ?1, finished_ms = ?2,
                               owner = NULL, lease_until_ms = NULL,
                               hold_until_ms = MAX(COALESCE(hold_until_ms, 0), ?3),
                               hold_reason = CASE WHEN COALESCE(hold_until_ms, 0) >= ?3
                                                  THEN hold_reason ELSE 'refetch_delay' END
-             WHERE seq = ?4",
+             WHERE seq = ?4 AND fencing = ?5",
         )
         .bind(error)
         .bind(now)
         .bind(self.hold_after_attempt())
-        .bind(seq)
+        .bind(item.seq)
+        .bind(item.fencing)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(n > 0)
     }
 
     /// When the earliest waiting item becomes due, if any item is waiting.
