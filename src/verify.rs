@@ -1,0 +1,1 @@
+//! `jma-poller verify`.
