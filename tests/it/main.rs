@@ -17,3 +17,4 @@ mod robust;
 mod sim;
 mod streams;
 mod tls;
+mod verify;
