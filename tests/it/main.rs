@@ -8,6 +8,7 @@ mod common;
 mod crash;
 mod faults;
 mod hostile;
+mod monitor;
 mod ops;
 mod polite;
 mod process;
