@@ -11,6 +11,7 @@ mod hostile;
 mod ops;
 mod polite;
 mod process;
+mod prometheus;
 mod prop;
 mod pull;
 mod robust;
