@@ -175,12 +175,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let tasks_cancel = shutdown.child_token();
     let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
     if let Some(listener) = listener {
-        info!(event = "listening", addr = %settings.server.listen.map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz and /metrics");
+        info!(event = "listening", addr = %settings.server.listen.map(|a| a.to_string()).unwrap_or_default(), "serving /, /healthz, /readyz and /metrics");
         let polling = settings.jmafile.enabled || settings.archive.enabled;
         let staleness = polling.then_some(settings.server.ready_staleness);
         let (h, st, c) = (health.clone(), store.clone(), tasks_cancel.clone());
+        let monitor = crate::server::Monitor {
+            storage: storage.clone(),
+            late_factor: settings.monitor.late_factor,
+        };
         tasks.spawn(async move {
-            crate::server::serve(listener, h, st, staleness, c).await;
+            crate::server::serve(listener, h, st, staleness, monitor, c).await;
             Ok(())
         });
     }

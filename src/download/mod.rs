@@ -272,7 +272,7 @@ impl Downloader {
             .unwrap_or(None);
             match in_place {
                 Some(Ok(bytes)) => {
-                    self.store.mark_done(item.seq, bytes, now_ms()).await?;
+                    self.store.mark_done(item.seq, bytes, now_ms(), &[]).await?;
                     info!(
                         event = "adopted",
                         source = item.source.as_str(),
@@ -399,8 +399,10 @@ impl Downloader {
         };
         let ms = started.elapsed().as_millis() as u64;
         match result {
-            Ok((bytes, raw)) => {
-                self.store.mark_done(item.seq, bytes, now_ms()).await?;
+            Ok((bytes, raw, digests)) => {
+                self.store
+                    .mark_done(item.seq, bytes, now_ms(), &digests)
+                    .await?;
                 self.health.landed();
                 self.resume_if(None);
                 // receivedTime → on disk; an archive has only a date, so no latency.
@@ -648,8 +650,13 @@ impl Downloader {
         .map_err(FetchError::from)
     }
 
-    /// Renames the staged output into place (durably). Returns (bytes, raw bytes).
-    async fn place(&self, item: &Claimed, decoded: Decoded) -> Result<(u64, u64), FetchError> {
+    /// Renames the staged output into place (durably). Returns (bytes, raw bytes, the files'
+    /// digests).
+    async fn place(
+        &self,
+        item: &Claimed,
+        decoded: Decoded,
+    ) -> Result<(u64, u64, Vec<crate::state::FileDigest>), FetchError> {
         let storage = self.storage.clone();
         let rel = item.path.clone();
         let Decoded {
@@ -657,6 +664,7 @@ impl Downloader {
             raw_bytes,
             bytes,
             warnings,
+            digests,
             ..
         } = decoded;
         for warning in warnings {
@@ -669,7 +677,7 @@ impl Downloader {
         .await
         .map_err(|e| FetchError::Internal(format!("placing task: {e}")))?
         .map_err(FetchError::Place)?;
-        Ok((bytes, raw_bytes))
+        Ok((bytes, raw_bytes, digests))
     }
 
     /// One worker: steps until `cancel`, sleeping while idle or paused.

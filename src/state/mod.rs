@@ -17,6 +17,9 @@ use sqlx::{Row, SqlitePool};
 
 use crate::download::plan::Plan;
 
+mod monitor;
+pub use monitor::{DamagedRepair, FileDigest, FreshnessRow, VerifyItem};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
@@ -761,8 +764,17 @@ impl Store {
     /// Marks an item done; with hooks on, its hook run is recorded in the same transaction, so
     /// no crash can land an item without its hook (at least once). The id stays held for
     /// refetch_delay, should anything ever queue it again.
-    pub async fn mark_done(&self, seq: i64, bytes: u64, now: i64) -> Result<(), StoreError> {
+    /// The SHA-256 of each file it wrote (`digests`, computed while streaming) is recorded in
+    /// the same transaction, for `jma-poller verify`.
+    pub async fn mark_done(
+        &self,
+        seq: i64,
+        bytes: u64,
+        now: i64,
+        digests: &[FileDigest],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        monitor::replace_digests(&mut tx, seq, digests).await?;
         sqlx::query(
             "UPDATE items SET state = 'done', bytes = ?1, finished_ms = ?2, last_error = NULL,
                               hold_until_ms = MAX(COALESCE(hold_until_ms, 0), ?3),
