@@ -282,7 +282,7 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts `bin` on 127.0.0.1 with storage in `dir`, scraping `target` every second under
+    /// Starts `bin` on 127.0.0.1 with its config, storage and log in `dir`, scraping `target` every second under
     /// job "jma-poller" and evaluating the repository's rules every second.
     async fn start(bin: &Path, dir: &Path, target: &str) -> Prometheus {
         let port = free_port();
@@ -314,12 +314,18 @@ impl Prometheus {
         let proc = Proc::new(child, &log);
         let base = format!("http://127.0.0.1:{port}");
         let ready = format!("{base}/-/ready");
-        wait_until(Duration::from_secs(30), "Prometheus is ready", || async {
-            reqwest::get(&ready)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
+        let start = std::time::Instant::now();
+        while !reqwest::get(&ready)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "Prometheus not ready after 30 s; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         Prometheus { _proc: proc, base }
     }
 
