@@ -167,6 +167,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let client = client(&settings, key, &store).await?;
     let health = Arc::new(Health::default());
     health.set_files(store.done_count().await?);
+    // Exported from the start (0), so dashboards and alerts see "not paused" rather than
+    // nothing until the first pause.
+    health.set_paused(false);
 
     let wake = Arc::new(Notify::new());
     let downloader = Arc::new(Downloader::new(

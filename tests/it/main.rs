@@ -13,6 +13,7 @@ mod monitor;
 mod ops;
 mod polite;
 mod process;
+mod prometheus;
 mod prop;
 mod pull;
 mod robust;
