@@ -28,8 +28,10 @@ const MIB: u64 = 1024 * 1024;
 const BIG: u64 = 500 * MIB;
 const SMALL_ITEMS: usize = 20_000;
 const SCALE_ROWS: u64 = 1_000_000;
-const ALL: [&str; 7] = [
-    "pipeline", "memory", "idle", "small", "scale", "budget", "latency",
+/// Files in the mirror `verify` reads back (VERIFY_FILES overrides).
+const VERIFY_FILES: u64 = 100_000;
+const ALL: [&str; 8] = [
+    "pipeline", "memory", "idle", "small", "scale", "budget", "latency", "verify",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -1371,6 +1373,173 @@ fn set_last_poll(ctx: &Ctx, db: &Path) {
 /// Creates the daemon's own database by starting the binary once, then bulk-inserts 1,000,000
 /// done items (realistic ids, urls, plans and unique paths; received over the last 30 days)
 /// and points the cursor at them. Cached under target/bench/cache, keyed by the migrations.
+/// `jma-poller verify` on a mirror of [`VERIFY_FILES`] single-file items (2-16 KB, 4
+/// classifications, 30 days), made by the daemon's own schema plus bulk rows and files: the
+/// first run reads and records every digest (a mirror upgraded to digests), the second checks
+/// them. Baseline: `sha256sum` over the same files. Warm page cache for both (the files were
+/// just written): this measures verify's own cost, not the disk's.
+fn verify(ctx: &mut Ctx) {
+    let n: u64 = std::env::var("VERIFY_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(VERIFY_FILES);
+    log(format!("== verify: a mirror of {n} files"));
+    let sim = ctx.sim(quiet_sim(1000));
+    let dir = ctx.dir("verify");
+    let data = dir.join("data");
+    let mut d = Daemon::spawn(ctx, &sim, &data, &[]);
+    let ok = d.wait(Duration::from_secs(60), Duration::from_millis(50), |d| {
+        d.log.of("ready").next().is_some()
+    });
+    assert!(ok, "verify: the daemon did not get ready");
+    d.stop();
+    let t = Instant::now();
+    let db = data.join("state.sqlite");
+    let paths: Vec<(String, i64)> = ctx.rt.block_on(async {
+        use sqlx::Connection;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
+        let mut c = sqlx::SqliteConnection::connect_with(&opts).await.expect("open db");
+        let now = unix_ms(SystemTime::now()) as i64;
+        let start = now - 30 * 86_400_000;
+        let step = 30 * 86_400_000 / n as i64;
+        for sql in [
+            "BEGIN".to_owned(),
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}),
+                 g AS (SELECT i,
+                        CASE i % 4 WHEN 0 THEN 'jmafile.rdr-nc5min' WHEN 1 THEN 'jmafile.srf-p10'
+                                   WHEN 2 THEN 'jmafile.srf-sw' ELSE 'jmafile.met-flood' END AS cls,
+                        {start} + i * {step} AS r, 2048 + (i * 7919) % 14336 AS size
+                       FROM n)
+                 INSERT INTO items (source, id, serial, classification, received_ms, url, plan, state,
+                                    attempts, path, bytes, listed_ms, started_ms, finished_ms)
+                 SELECT 'jmafile', 'v' || i, i, cls, r, 'https://data.api.dmdata.jp/v1/v' || i,
+                        '{{\"compression\":\"gzip\",\"layout\":{{\"kind\":\"single\",\"length\":' || size || '}}}}',
+                        'done', 1,
+                        'jmafile/' || cls || '/' || strftime('%Y-%m-%d', r / 1000, 'unixepoch')
+                            || '/Z__C_RJTD_' || strftime('%Y%m%d%H%M%S', r / 1000, 'unixepoch') || '_' || i || '_grib2.bin',
+                        size, r + 400, r + 500, r + 800
+                 FROM g"
+            ),
+            "COMMIT".to_owned(),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.expect("bulk insert");
+        }
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT path, bytes FROM items ORDER BY seq")
+            .fetch_all(&mut c)
+            .await
+            .expect("paths");
+        c.close().await.expect("close");
+        rows
+    });
+    let mut total = 0u64;
+    for (i, (rel, size)) in paths.iter().enumerate() {
+        let path = data.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mirror dir");
+        }
+        std::fs::write(
+            &path,
+            jma_poller::sim::data::content(i as u64, *size as usize),
+        )
+        .expect("mirror file");
+        total += *size as u64;
+    }
+    drop(paths);
+    log(format!(
+        "verify: mirror of {n} files, {} MB written in {:.0} s",
+        total / 1_000_000,
+        t.elapsed().as_secs_f64()
+    ));
+
+    let mut runs = Vec::new();
+    for pass in ["first", "second"] {
+        let started = Instant::now();
+        let mut child = Command::new(&ctx.bin)
+            .args(["verify", "--json"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("JMA_POLLER__STORAGE__DATA_DIR", &data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("verify starts");
+        let pid = child.id();
+        let mut hwm = 0;
+        let mut stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut s).map(|_| s)
+        });
+        let status = loop {
+            hwm = hwm.max(proc_kb(pid, "VmHWM").unwrap_or(0));
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let out = reader.join().expect("reader").expect("stdout");
+        let report: Value = serde_json::from_str(&out).expect("verify --json");
+        assert_eq!(status.code(), Some(0), "verify {pass}: {report}");
+        assert_eq!(report["files"].as_u64(), Some(n), "{report}");
+        log(format!(
+            "verify {pass}: {secs:.1} s, {:.0} files/s, {:.0} MB/s, peak RSS {} KiB, recorded {}",
+            n as f64 / secs,
+            total as f64 / secs / 1e6,
+            hwm,
+            report["digests_recorded"]
+        ));
+        runs.push((secs, hwm));
+    }
+    // Baseline: sha256sum over the same files, one process per few thousand (xargs).
+    let started = Instant::now();
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg("find jmafile -type f -print0 | xargs -0 sha256sum > /dev/null")
+        .current_dir(&data)
+        .status()
+        .expect("sha256sum baseline");
+    assert!(ok.success(), "sha256sum baseline failed");
+    let base = started.elapsed().as_secs_f64();
+    let (first, first_hwm) = runs[0];
+    let (second, second_hwm) = runs[1];
+    let rate = |secs: f64| {
+        format!(
+            "{:.0} files/s, {:.0} MB/s",
+            n as f64 / secs,
+            total as f64 / secs / 1e6
+        )
+    };
+    ctx.row(
+        &format!(
+            "verify, {n} files ({} MB): first run (records digests) / second (checks them)",
+            total / 1_000_000
+        ),
+        format!("{} / {}", rate(first), rate(second)),
+        format!(
+            "{}, `sha256sum` (no database, no walk for unowned files)",
+            rate(base)
+        ),
+        ratio_cost(second, base),
+        "report",
+        Verdict::Info,
+    );
+    ctx.row(
+        &format!("verify, {n} files: peak RSS first / second run"),
+        format!(
+            "{:.1} / {:.1} MiB",
+            first_hwm as f64 / 1024.0,
+            second_hwm as f64 / 1024.0
+        ),
+        "-".into(),
+        "-".into(),
+        "≤ 64 MiB, flat in the number of files",
+        verdict(first_hwm.max(second_hwm) <= 64 * 1024),
+    );
+}
+
 fn build_scale_db(ctx: &mut Ctx, sim: &Sim, cached: &Path) {
     let t = Instant::now();
     let dir = ctx.dir("scale-build");
@@ -1942,6 +2111,7 @@ fn main() {
             "scale" => scale(&mut ctx),
             "budget" => budget(&mut ctx),
             "latency" => latency(&mut ctx),
+            "verify" => verify(&mut ctx),
             _ => unreachable!(),
         }
         let took = t.elapsed().as_secs_f64();

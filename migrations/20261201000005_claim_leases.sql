@@ -66,7 +66,8 @@ FROM items;
 DROP TABLE items;
 ALTER TABLE items_new RENAME TO items;
 
--- Every index and trigger of `items` as schemas 1-4 made them (dropped with the old table).
+-- Every index and trigger of `items` as schemas 1-4 made them (dropped with the old table;
+-- `hooks` and `item_files` keep referring to `items` by name, so they follow the new table).
 CREATE UNIQUE INDEX items_path ON items (path) WHERE path IS NOT NULL;
 CREATE INDEX items_queue ON items (priority, received_ms, serial) WHERE state = 'pending';
 CREATE INDEX items_due ON items (next_attempt_ms) WHERE state = 'pending';
@@ -106,6 +107,30 @@ END;
 CREATE TRIGGER items_hold_queue AFTER UPDATE OF state, next_attempt_ms, hold_until_ms ON items
 WHEN NEW.state = 'pending' AND NEW.hold_until_ms > NEW.next_attempt_ms BEGIN
     UPDATE items SET next_attempt_ms = NEW.hold_until_ms WHERE seq = NEW.seq;
+END;
+
+-- Schema 4: freshness per classification, in the transaction that marks an item done.
+CREATE TRIGGER items_freshness AFTER UPDATE OF state ON items
+WHEN NEW.state = 'done' AND OLD.state IS NOT 'done' BEGIN
+    INSERT INTO freshness (source, classification, type_name, last_landed_ms, last_received_ms)
+    VALUES (NEW.source, NEW.classification, COALESCE(NEW.type_name, ''),
+            COALESCE(NEW.finished_ms, 0), COALESCE(NEW.received_ms, NEW.finished_ms, 0))
+    ON CONFLICT (source, classification, type_name) DO UPDATE SET
+        interval_ms = CASE
+            WHEN excluded.last_received_ms <= freshness.last_received_ms THEN freshness.interval_ms
+            WHEN freshness.interval_ms IS NULL
+                THEN excluded.last_received_ms - freshness.last_received_ms
+            ELSE freshness.interval_ms
+                 + (MIN(excluded.last_received_ms - freshness.last_received_ms,
+                        4 * freshness.interval_ms) - freshness.interval_ms) / 4
+        END,
+        samples = freshness.samples
+                  + (excluded.last_received_ms > freshness.last_received_ms),
+        last_landed_ms = MAX(freshness.last_landed_ms, excluded.last_landed_ms),
+        last_received_ms = MAX(freshness.last_received_ms, excluded.last_received_ms);
+    INSERT INTO landings (hour, items) VALUES (COALESCE(NEW.finished_ms, 0) / 3600000, 1)
+    ON CONFLICT (hour) DO UPDATE SET items = landings.items + 1;
+    DELETE FROM landings WHERE hour < COALESCE(NEW.finished_ms, 0) / 3600000 - 48;
 END;
 
 COMMIT;

@@ -4,7 +4,7 @@
 # target/bench/report.md.
 #
 #   scripts/bench.sh                      # all scenarios (about 10-15 minutes)
-#   scripts/bench.sh pipeline memory      # some: pipeline memory idle small scale budget latency
+#   scripts/bench.sh pipeline memory      # some: pipeline memory idle small scale budget latency verify
 #   PERF_BIN=/path/to/jma-poller scripts/bench.sh small   # measure another build of the daemon
 #
 # Needs curl and gzip (the baselines); large bodies and the 1M-row database are cached under

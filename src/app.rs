@@ -185,6 +185,9 @@ impl Application {
         let client = client(&settings, key, &store).await?;
         let health = Arc::new(Health::default());
         health.set_files(store.done_count().await?);
+        // Exported from the start (0), so dashboards and alerts see "not paused" rather than
+        // nothing until the first pause.
+        health.set_paused(false);
         let wake = Arc::new(Notify::new());
         let downloader = Arc::new(Downloader::new(
             store.clone(),
@@ -249,11 +252,15 @@ impl Application {
         } = self;
         let polling = settings.jmafile.enabled || settings.archive.enabled;
         if let Some(listener) = listener {
-            info!(event = "listening", addr = %settings.server.listen.map(|a| a.to_string()).unwrap_or_default(), "serving /healthz, /readyz and /metrics");
+            info!(event = "listening", addr = %settings.server.listen.map(|a| a.to_string()).unwrap_or_default(), "serving /, /healthz, /readyz and /metrics");
             let staleness = polling.then_some(settings.server.ready_staleness);
             let (h, st, c) = (health.clone(), store.clone(), cancel.clone());
+            let monitor = crate::server::Monitor {
+                storage: storage.clone(),
+                late_factor: settings.monitor.late_factor,
+            };
             tasks.spawn(async move {
-                crate::server::serve(listener, h, st, staleness, c).await;
+                crate::server::serve(listener, h, st, staleness, monitor, c).await;
                 Ok(())
             });
         }

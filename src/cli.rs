@@ -1,4 +1,4 @@
-//! Command line: `run`, `check-config`, `status`, `demo`, `simulate`.
+//! Command line: `run`, `check-config`, `status`, `verify`, `demo`, `simulate`, …
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -44,6 +44,19 @@ pub enum Command {
     /// Show cursor, item counts, last poll and recent errors (safe while the daemon runs).
     Status {
         /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the mirror on disk against what was recorded when each item landed: missing
+    /// files, changed bytes, incomplete folders, files no item owns. Exit 0 when clean, 4 when
+    /// damage was found, 1 when it could not run. Safe while the daemon runs.
+    Verify {
+        /// Move each damaged item's file aside into {data_dir}/quarantine/ and queue the item
+        /// again (subject to download.refetch_delay and the budgets). Unowned files are never
+        /// touched.
+        #[arg(long)]
+        repair: bool,
+        /// Machine-readable report on stdout (the summary line goes to stderr).
         #[arg(long)]
         json: bool,
     },
@@ -376,6 +389,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             })?;
             sockets(&client, status.as_deref(), json).await
         }
+        Command::Verify { repair, json } => {
+            let mut settings = load(&cli.config)?;
+            if std::io::stderr().is_terminal() && std::env::var_os("RUST_LOG").is_none() {
+                // The progress bar shows the work; keep only problems in the log.
+                settings.log.level = "warn".into();
+            }
+            crate::telemetry::init(&settings.log);
+            verify(&settings, repair, json).await
+        }
         Command::Healthcheck => {
             let settings = load(&cli.config)?;
             healthcheck(&settings).await
@@ -417,6 +439,100 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             sim.stop();
             Ok(())
         }
+    }
+}
+
+/// `jma-poller verify`: runs both passes, prints the findings (or the JSON report) and the
+/// summary line; exit [`crate::verify::EXIT_DAMAGED`] when anything was found.
+async fn verify(settings: &Settings, repair: bool, json: bool) -> Result<(), Failure> {
+    let path = settings.storage.database_path();
+    if !path.exists() {
+        return Err(Failure::from((
+            1,
+            format!("no database at {} (storage.database)", path.display()),
+        )));
+    }
+    let store = Store::open(&path)
+        .await
+        .map_err(|e| Failure::from((1, e)))?;
+    let opts = crate::verify::Options {
+        data_dir: settings.storage.data_dir.clone(),
+        database: path,
+        repair,
+        progress: true,
+    };
+    let result = crate::verify::run(&store, &opts).await;
+    store.close().await;
+    let report = result.map_err(|e| Failure::from((1, e)))?;
+    if json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| Failure::from((1, e)))?;
+        println!("{text}");
+        eprintln!("{}", report.summary());
+    } else {
+        print_verify_findings(&report);
+        println!("{}", report.summary());
+    }
+    if report.clean() {
+        return Ok(());
+    }
+    Err(Failure::from((
+        crate::verify::EXIT_DAMAGED,
+        format!(
+            "verify found damage: {} missing, {} changed, {} incomplete, {} unowned{}",
+            report.missing,
+            report.changed,
+            report.incomplete,
+            report.unowned,
+            if repair {
+                ""
+            } else {
+                " (`jma-poller verify --repair` moves damaged files aside and fetches them again)"
+            }
+        ),
+    )))
+}
+
+fn print_verify_findings(report: &crate::verify::Report) {
+    for d in &report.damaged {
+        let repair = match &d.repair {
+            None => String::new(),
+            Some(crate::verify::Repair::Queued {
+                quarantined,
+                due_ms,
+            }) => format!(
+                " -> queued again, due {}{}",
+                due(*due_ms),
+                quarantined
+                    .as_deref()
+                    .map(|q| format!(", damaged copy moved to {q}"))
+                    .unwrap_or_default()
+            ),
+            Some(crate::verify::Repair::Unrecoverable { reason }) => {
+                format!(" -> unrecoverable: {reason}")
+            }
+            Some(crate::verify::Repair::Skipped { reason }) => format!(" -> skipped: {reason}"),
+        };
+        println!(
+            "{:<10} {} {} [{}] {}: {}{repair}",
+            d.problem.as_str(),
+            d.source,
+            d.id,
+            d.classification,
+            d.path,
+            d.detail
+        );
+    }
+    for f in &report.unowned_files {
+        println!("{:<10} {f}: no item owns this file (left alone)", "unowned");
+    }
+    let listed = (report.damaged.len() + report.unowned_files.len()) as u64;
+    let total = report.missing + report.changed + report.incomplete + report.unowned;
+    if total > listed {
+        println!(
+            "… and {} more (listed: the first {} of each kind)",
+            total - listed,
+            crate::verify::LISTED
+        );
     }
 }
 
@@ -629,6 +745,39 @@ fn print_stream_plan(settings: &Settings) {
     }
 }
 
+/// The freshness table: per classification, last landed, age of the newest item, usual gap,
+/// and "LATE" past `monitor.late_factor` × the gap.
+fn print_freshness(list: &[crate::freshness::Freshness], late_factor: f64) {
+    if list.is_empty() {
+        return;
+    }
+    println!("freshness (late: nothing newer for more than {late_factor} x the usual gap):");
+    println!(
+        "  {:<8} {:<36} {:>14} {:>12} {:>10}  state",
+        "source", "classification", "last landed", "age", "usual gap"
+    );
+    let span = |ms: i64| {
+        humantime::format_duration(Duration::from_secs((ms.max(0) / 1000) as u64)).to_string()
+    };
+    for f in list {
+        println!(
+            "  {:<8} {:<36} {:>14} {:>12} {:>10}  {}",
+            f.source,
+            f.classification,
+            format!("{} ago", span(now_ms() - f.last_landed_ms)),
+            span(f.age_ms),
+            f.expected_interval_ms.map_or("irregular".into(), span),
+            if f.late {
+                "LATE"
+            } else if f.expected_interval_ms.is_none() {
+                "-"
+            } else {
+                "ok"
+            }
+        );
+    }
+}
+
 /// The ids held back before their next request (download.refetch_delay, or a same-id block
 /// from the data host), soonest first.
 fn print_waiting(waiting: &crate::state::Waiting) {
@@ -692,9 +841,22 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::from((1, e)))?;
     let report = store.status().await.map_err(|e| Failure::from((1, e)))?;
+    let rows = store.freshness().await.map_err(|e| Failure::from((1, e)))?;
     store.close().await;
+    let freshness = crate::freshness::summarize(&rows, now_ms(), settings.monitor.late_factor);
     if json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| Failure::from((1, e)))?;
+        /// `status --json`: the report, plus freshness per classification.
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            #[serde(flatten)]
+            report: &'a crate::state::StatusReport,
+            freshness: &'a [crate::freshness::Freshness],
+        }
+        let text = serde_json::to_string_pretty(&Json {
+            report: &report,
+            freshness: &freshness,
+        })
+        .map_err(|e| Failure::from((1, e)))?;
         println!("{text}");
         return Ok(());
     }
@@ -774,6 +936,7 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         println!("hook runs: {}", parts.join(", "));
     }
     println!("last landed: {}", ago(report.last_landed_ms));
+    print_freshness(&freshness, settings.monitor.late_factor);
     print_waiting(&report.waiting);
     if !report.recent_errors.is_empty() {
         println!("recent errors:");

@@ -78,6 +78,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub server: ServerSettings,
     pub hooks: HookSettings,
+    pub monitor: MonitorSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -315,6 +316,21 @@ impl Default for ServerSettings {
     }
 }
 
+/// Freshness: when a classification counts as late (`/metrics`, `status`, the status page).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSettings {
+    /// A classification is late when nothing newer has arrived for this many times its usual
+    /// gap between arrivals.
+    pub late_factor: f64,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        MonitorSettings { late_factor: 3.0 }
+    }
+}
+
 /// A command run for every landed item, so downstream processing can follow the mirror.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -524,6 +540,14 @@ impl Settings {
                     "must be at least 1",
                 ));
             }
+        }
+
+        let factor = self.monitor.late_factor;
+        if !(1.0..=1000.0).contains(&factor) {
+            return Err(ConfigError::invalid(
+                "monitor.late_factor",
+                format!("{factor} is out of range: use a number from 1 to 1000 (default 3)"),
+            ));
         }
 
         let ar = &self.archive;

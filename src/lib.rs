@@ -21,6 +21,9 @@
 //!   `/readyz`, `/metrics`.
 //! * [`app`] — wiring and shutdown; [`backfill`] — the archive backfill command;
 //!   [`cli`] — the command line.
+//! * [`freshness`] — per-classification freshness and lateness; [`verify`] — the mirror on
+//!   disk against what was recorded; [`status_page`] — `GET /`; [`digest`] — SHA-256 while
+//!   streaming.
 //! * [`sim`] — a simulator of the API for `demo` and the tests, with its own statement of the
 //!   on-disk layout (the oracle the tests compare the mirror against).
 
@@ -31,7 +34,9 @@ pub mod backoff;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod digest;
 pub mod download;
+pub mod freshness;
 pub mod health;
 pub mod hooks;
 pub mod metric;
@@ -41,6 +46,8 @@ pub mod retention;
 pub mod server;
 pub mod sim;
 pub mod state;
+pub mod status_page;
 pub mod storage;
 pub mod telemetry;
+pub mod verify;
 pub mod worker;

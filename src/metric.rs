@@ -42,3 +42,16 @@ pub const ITEMS_WAITING: &str = "jma_poller_items_waiting";
 pub const ITEMS_WAITING_NEXT_DUE: &str = "jma_poller_items_waiting_next_due_timestamp_seconds";
 /// 429 answers, by request budget (counter).
 pub const HTTP_429: &str = "jma_poller_http_429_total";
+/// Free bytes on the data dir's filesystem (gauge).
+pub const FREE_BYTES: &str = "jma_poller_free_bytes";
+/// `storage.min_free` (gauge, bytes).
+pub const MIN_FREE_BYTES: &str = "jma_poller_min_free_bytes";
+/// When the newest item of a classification landed, by source and classification (gauge,
+/// unix seconds).
+pub const LAST_LANDED: &str = "jma_poller_last_landed_timestamp_seconds";
+/// receivedTime of that item (gauge, unix seconds).
+pub const LAST_RECEIVED: &str = "jma_poller_last_received_timestamp_seconds";
+/// The usual gap between a classification's items (gauge, seconds).
+pub const EXPECTED_INTERVAL: &str = "jma_poller_expected_interval_seconds";
+/// 1 while a classification is late (gauge).
+pub const CLASSIFICATION_LATE: &str = "jma_poller_classification_late";

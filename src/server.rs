@@ -1,6 +1,7 @@
 //! The optional HTTP listener (`server.listen`): `/healthz` (the process answers), `/readyz`
-//! (the database answers and a poll succeeded recently) and `/metrics` (Prometheus text).
-//! Off by default; bind it to loopback unless a scraper elsewhere needs it.
+//! (the database answers and a poll succeeded recently), `/metrics` (Prometheus text) and `/`
+//! (the status page, [`crate::status_page`]). Off by default; bind it to loopback unless a
+//! scraper elsewhere needs it. Everything here only reads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,16 @@ use crate::health::Health;
 use crate::model::{HoldReason, now_ms};
 use crate::state::Store;
 use crate::state::prelude::*;
+use crate::storage::Storage;
+
+/// What the freshness gauges and the status page need besides the store.
+#[derive(Clone)]
+pub struct Monitor {
+    /// For the free-space gauges (`storage.min_free` is set on it).
+    pub storage: Arc<Storage>,
+    /// `monitor.late_factor`.
+    pub late_factor: f64,
+}
 
 #[derive(Clone)]
 struct Ctx {
@@ -23,6 +34,7 @@ struct Ctx {
     store: Store,
     /// `/readyz` fails when the last successful poll is older than this; None = no poller.
     staleness: Option<Duration>,
+    monitor: Monitor,
 }
 
 pub async fn serve(
@@ -30,9 +42,11 @@ pub async fn serve(
     health: Arc<Health>,
     store: Store,
     staleness: Option<Duration>,
+    monitor: Monitor,
     cancel: CancellationToken,
 ) {
     let app = Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -40,6 +54,7 @@ pub async fn serve(
             health,
             store,
             staleness,
+            monitor,
         });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
@@ -97,8 +112,29 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
     "ready\n".into_response()
 }
 
+/// The status page: freshness, queue, recent failures, landings of the last day. A database
+/// that does not answer gives a 503 with the reason, as `/readyz` does.
+async fn status_page(State(ctx): State<Ctx>) -> Response {
+    match crate::status_page::render(&ctx.store, ctx.monitor.late_factor, now_ms()).await {
+        Ok(html) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            html,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("status page: database: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn metrics(State(ctx): State<Ctx>) -> Response {
     refresh_waiting(&ctx.store).await;
+    refresh_freshness(&ctx.store, &ctx.monitor).await;
     let handle = crate::telemetry::metrics();
     handle.run_upkeep();
     (
@@ -129,4 +165,17 @@ async fn refresh_waiting(store: &Store) {
     let next = waiting.counts.iter().map(|c| c.next_due_ms).min();
     metrics::gauge!(crate::metric::ITEMS_WAITING_NEXT_DUE)
         .set(next.map_or(0.0, |ms| ms as f64 / 1000.0));
+}
+
+/// The freshness gauges per classification (a read of the small `freshness` table), and the
+/// free space of the data dir's filesystem beside `storage.min_free`.
+async fn refresh_freshness(store: &Store, monitor: &Monitor) {
+    if let Ok(rows) = store.freshness().await {
+        let list = crate::freshness::summarize(&rows, now_ms(), monitor.late_factor);
+        crate::freshness::publish(&list);
+    }
+    if let Ok(free) = monitor.storage.free_space() {
+        metrics::gauge!(crate::metric::FREE_BYTES).set(free as f64);
+    }
+    metrics::gauge!(crate::metric::MIN_FREE_BYTES).set(monitor.storage.min_free() as f64);
 }

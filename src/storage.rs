@@ -217,6 +217,11 @@ impl Storage {
         self
     }
 
+    /// `storage.min_free` in bytes (0 = off).
+    pub fn min_free(&self) -> u64 {
+        self.min_free
+    }
+
     /// Bytes available to us on the data dir's filesystem.
     pub fn free_space(&self) -> io::Result<u64> {
         let st = rustix::fs::statvfs(&self.data_dir)?;

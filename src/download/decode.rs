@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub use super::error::DecodeError;
 use super::plan::{Compression, Layout, Plan};
 use super::unpack::{MANIFEST, Manifest, Unpacked};
+use crate::digest::Hashing;
+use crate::state::FileDigest;
 
 const BUF: usize = 256 * 1024;
 
@@ -41,6 +43,8 @@ pub struct Decoded {
     pub files: u64,
     /// Things worth a warning that do not make the item wrong (e.g. a dataCount mismatch).
     pub warnings: Vec<Warning>,
+    /// Size and SHA-256 of every file written, hashed as the bytes went to disk.
+    pub digests: Vec<crate::state::FileDigest>,
 }
 
 /// Something about an archive worth one WARN line that does not make it wrong: it is stored
@@ -328,7 +332,7 @@ pub fn decode(
             cancel,
         );
     }
-    let (staged, bytes) = match plan.compression {
+    let (staged, bytes, digests) = match plan.compression {
         Compression::None => write_layout(body, &plan.layout, tmp_dir, max_size, &mut buf)?,
         Compression::Gzip => {
             let gz = MultiGzDecoder::new(BufReader::with_capacity(BUF, body));
@@ -397,6 +401,7 @@ pub fn decode(
         bytes,
         files,
         warnings: Vec::new(),
+        digests,
     })
 }
 
@@ -421,14 +426,16 @@ fn decode_archive(
         .tempfile_in(tmp_dir)
         .map_err(disk(tmp_dir))?;
     let spool_path = spool.path().to_owned();
+    let mut hashing = crate::digest::Hashing::new(spool.as_file_mut());
     copy_capped(
         &mut body,
-        spool.as_file_mut(),
+        &mut hashing,
         u64::MAX,
         max_size,
         &spool_path,
         buf,
     )?;
+    let (_, tarball_sha256) = hashing.finish();
     let raw_bytes = count.get();
     spool.as_file_mut().rewind().map_err(disk(&spool_path))?;
     let dir = tempfile::Builder::new()
@@ -452,7 +459,13 @@ fn decode_archive(
     })?;
     let warnings = archive_warnings(&unpacked, file_size, raw_bytes, data_count);
     let mut bytes = unpacked.bytes;
+    let mut digests = unpacked.digests.clone();
     if let Some(name) = keep_tarball {
+        digests.push(crate::state::FileDigest {
+            name: name.to_owned(),
+            bytes: raw_bytes,
+            sha256: tarball_sha256,
+        });
         spool.as_file().sync_all().map_err(disk(&spool_path))?;
         let dest = dir.path().join(name);
         spool
@@ -467,6 +480,7 @@ fn decode_archive(
         bytes,
         files: unpacked.files + u64::from(keep_tarball.is_some()),
         warnings,
+        digests,
     })
 }
 
@@ -476,7 +490,7 @@ fn write_layout(
     tmp_dir: &Path,
     max_size: u64,
     buf: &mut [u8],
-) -> Result<(Staged, u64), DecodeError> {
+) -> Result<(Staged, u64, Vec<FileDigest>), DecodeError> {
     match layout {
         Layout::Single { .. } => {
             let mut tmp = tempfile::Builder::new()
@@ -484,10 +498,17 @@ fn write_layout(
                 .tempfile_in(tmp_dir)
                 .map_err(disk(tmp_dir))?;
             let path = tmp.path().to_owned();
-            let n = copy_capped(&mut r, tmp.as_file_mut(), max_size, max_size, &path, buf)?
+            let mut hashing = Hashing::new(tmp.as_file_mut());
+            let n = copy_capped(&mut r, &mut hashing, max_size, max_size, &path, buf)?
                 .ok_or(DecodeError::TooLarge { limit: max_size })?;
+            let (_, sha256) = hashing.finish();
             tmp.as_file().sync_all().map_err(disk(&path))?;
-            Ok((Staged::File(tmp), n))
+            let digest = FileDigest {
+                name: String::new(),
+                bytes: n,
+                sha256,
+            };
+            Ok((Staged::File(tmp), n, vec![digest]))
         }
         Layout::Archive { .. } => Err(DecodeError::Unsupported(
             "an archive is not a single body".into(),
@@ -498,12 +519,27 @@ fn write_layout(
                 .tempdir_in(tmp_dir)
                 .map_err(disk(tmp_dir))?;
             let mut total = 0;
+            let mut digests = Vec::with_capacity(children.len());
             for (i, child) in children.iter().enumerate() {
                 let path = dir.path().join(&child.name);
-                let mut f = File::create_new(&path).map_err(disk(&path))?;
+                let f = File::create_new(&path).map_err(disk(&path))?;
+                let mut hashing = Hashing::new(&f);
                 let mut limited = (&mut r).take(child.length);
-                let n = copy_capped(&mut limited, &mut f, child.length, max_size, &path, buf)?
-                    .unwrap_or(child.length);
+                let n = copy_capped(
+                    &mut limited,
+                    &mut hashing,
+                    child.length,
+                    max_size,
+                    &path,
+                    buf,
+                )?
+                .unwrap_or(child.length);
+                let (_, sha256) = hashing.finish();
+                digests.push(FileDigest {
+                    name: child.name.clone(),
+                    bytes: n,
+                    sha256,
+                });
                 if n != child.length {
                     return Err(DecodeError::Length(format!(
                         "body ended inside child {i} ({:?}): {n} of {} bytes",
@@ -528,7 +564,7 @@ fn write_layout(
                 )));
             }
             crate::storage::sync_dir(dir.path()).map_err(disk(dir.path()))?;
-            Ok((Staged::Dir(dir), total))
+            Ok((Staged::Dir(dir), total, digests))
         }
     }
 }

@@ -266,7 +266,7 @@ impl Downloader {
             match in_place {
                 // Not recorded when claimed again by someone else meanwhile: theirs to land.
                 Some(Ok(bytes)) => {
-                    if self.store.mark_done(&item, bytes, now_ms()).await? {
+                    if self.store.mark_done(&item, bytes, now_ms(), &[]).await? {
                         info!(
                             event = "adopted",
                             source = item.source.as_str(),
@@ -410,8 +410,12 @@ impl Downloader {
         let result = self.holding_lease(item, attempt).await;
         let ms = started.elapsed().as_millis() as u64;
         match result {
-            Ok((bytes, raw)) => {
-                if !self.store.mark_done(item, bytes, now_ms()).await? {
+            Ok((bytes, raw, digests)) => {
+                if !self
+                    .store
+                    .mark_done(item, bytes, now_ms(), &digests)
+                    .await?
+                {
                     warn!(event = "lease_lost", id = %item.id, serial = item.serial, classification = %item.classification, "landed, but the claim had been taken back (its lease ran out) and the item claimed again; its new holder records it");
                 }
                 self.health.landed();
@@ -685,8 +689,13 @@ impl Downloader {
         .map_err(FetchError::from)
     }
 
-    /// Renames the staged output into place (durably). Returns (bytes, raw bytes).
-    async fn place(&self, item: &Claimed, decoded: Decoded) -> Result<(u64, u64), FetchError> {
+    /// Renames the staged output into place (durably). Returns (bytes, raw bytes, the files'
+    /// digests).
+    async fn place(
+        &self,
+        item: &Claimed,
+        decoded: Decoded,
+    ) -> Result<(u64, u64, Vec<crate::state::FileDigest>), FetchError> {
         let storage = self.storage.clone();
         let rel = item.path.clone();
         let Decoded {
@@ -694,6 +703,7 @@ impl Downloader {
             raw_bytes,
             bytes,
             warnings,
+            digests,
             ..
         } = decoded;
         for warning in warnings {
@@ -706,7 +716,7 @@ impl Downloader {
         .await
         .map_err(|e| FetchError::Internal(format!("placing task: {e}")))?
         .map_err(FetchError::Place)?;
-        Ok((bytes, raw_bytes))
+        Ok((bytes, raw_bytes, digests))
     }
 
     /// One worker: steps until `cancel`, sleeping while idle or paused.

@@ -47,6 +47,8 @@ pub struct Unpacked {
     pub bytes: u64,
     /// `telegrams.json` counted, when it is there and is a JSON array of objects.
     pub manifest: Option<Manifest>,
+    /// Size and SHA-256 of each member written (name: its path inside the folder).
+    pub digests: Vec<crate::state::FileDigest>,
 }
 
 /// What `telegrams.json` lists.
@@ -64,6 +66,15 @@ impl Unpacked {
     pub fn bodies(&self) -> u64 {
         self.files - u64::from(self.manifest.is_some())
     }
+}
+
+/// A member's path inside the folder, `/`-separated (members are checked safe: relative, no
+/// `..`).
+fn member_name(rel: &Path) -> String {
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn refused(member: &str, why: &str) -> DecodeError {
@@ -398,7 +409,8 @@ impl Unpacker<'_> {
     /// header can lie), and fsyncs it.
     fn write_file(&mut self, entry: &mut impl Read, rel: &Path) -> Result<u64, DecodeError> {
         let path = self.dest.join(rel);
-        let mut file = File::create_new(&path).map_err(|e| disk(&path, e))?;
+        let file = File::create_new(&path).map_err(|e| disk(&path, e))?;
+        let mut file = crate::digest::Hashing::new(file);
         let mut written = 0u64;
         loop {
             let n = match entry.read(&mut self.buf) {
@@ -417,7 +429,14 @@ impl Unpacker<'_> {
             }
             file.write_all(&self.buf[..n]).map_err(|e| disk(&path, e))?;
         }
-        file.sync_all().map_err(|e| disk(&path, e))?;
+        let (bytes, sha256) = file
+            .finish_into(|f| f.sync_all())
+            .map_err(|e| disk(&path, e))?;
+        self.out.digests.push(crate::state::FileDigest {
+            name: member_name(rel),
+            bytes,
+            sha256,
+        });
         Ok(written)
     }
 

@@ -318,7 +318,7 @@ async fn lease_expiry_lets_another_node_take_over<S: StateStore>(store: S) {
     assert!(!store.renew_claim(&held, t + 20_000).await.unwrap());
     assert!(!store.requeue(&held, None).await.unwrap());
     // Nor end it any other way: the new holder's claim stands.
-    assert!(!store.mark_done(&held, 1, now_ms()).await.unwrap());
+    assert!(!store.mark_done(&held, 1, now_ms(), &[]).await.unwrap());
     assert!(!store.mark_failed(&held, "late", now_ms()).await.unwrap());
     store
         .mark_retry(&held, Some("late"), 0, true)
@@ -380,7 +380,10 @@ async fn counts_follow_transitions<S: StateStore>(store: S) {
         .unwrap()
         .unwrap();
     assert_eq!(only_jmafile.source, Source::Jmafile);
-    store.mark_done(&only_jmafile, 42, now_ms()).await.unwrap();
+    store
+        .mark_done(&only_jmafile, 42, now_ms(), &[])
+        .await
+        .unwrap();
     assert_eq!(store.done_count().await.unwrap(), 1);
     assert_eq!(
         store.queue_depth().await.unwrap(),

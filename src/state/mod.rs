@@ -28,6 +28,8 @@ pub mod sqlite;
 /// The backend this build runs on.
 pub type Store = sqlite::SqliteStore;
 
+pub use sqlite::monitor::{DamagedRepair, FileDigest, FreshnessRow, VerifyItem};
+
 /// The traits, for `use crate::state::prelude::*`.
 pub mod prelude {
     pub use super::{CursorStore, FetchLog, HookStore, QueueStore, ReportStore, StateStore};
@@ -312,11 +314,14 @@ pub trait QueueStore {
 
     /// Marks an item done; with hooks on, its hook run is recorded in the same commit. The id
     /// stays held for refetch_delay, should anything ever queue it again.
+    /// The size and SHA-256 of each file it wrote (`digests`, computed while streaming) are
+    /// recorded in the same commit, for `jma-poller verify`.
     fn mark_done(
         &self,
         item: &Claimed,
         bytes: u64,
         now: i64,
+        digests: &[FileDigest],
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Back to the queue after an attempt, due at `next_ms` or when the id's hold ends,

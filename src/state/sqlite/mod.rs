@@ -17,9 +17,9 @@ use sqlx::{Row, SqlitePool};
 
 use super::prelude::*;
 use super::{
-    Claim, Claimed, Committed, Cursor, CursorStatus, HoldReason, HookJob, HookOutcome, ItemStatus,
-    LEASE, NewItem, NodeId, RecentError, Source, StateCount, StatusReport, StoreError, TypeMatch,
-    WAITING_LISTED, Waiting, WaitingCount, WaitingItem, now_ms,
+    Claim, Claimed, Committed, Cursor, CursorStatus, FileDigest, HoldReason, HookJob, HookOutcome,
+    ItemStatus, LEASE, NewItem, NodeId, RecentError, Source, StateCount, StatusReport, StoreError,
+    TypeMatch, WAITING_LISTED, Waiting, WaitingCount, WaitingItem, now_ms,
 };
 
 impl From<sqlx::Error> for StoreError {
@@ -29,6 +29,7 @@ impl From<sqlx::Error> for StoreError {
 }
 
 mod cursors;
+pub mod monitor;
 mod queue;
 mod reports;
 mod runs;
@@ -397,7 +398,7 @@ mod tests {
                 )
                 .await
                 .unwrap();
-            MIGRATOR.run_to(20261201000002, &pool).await.unwrap();
+            MIGRATOR.run_to(20261201000004, &pool).await.unwrap();
             for (id, state) in [("a", "done"), ("b", "fetching"), ("c", "pending")] {
                 sqlx::query(
                     "INSERT INTO items (source, id, serial, classification, received_ms, url,
@@ -411,6 +412,13 @@ mod tests {
                 .await
                 .unwrap();
             }
+            sqlx::query(
+                "INSERT INTO item_files (seq, name, bytes, sha256)
+                 SELECT seq, '', 7, 'ab' FROM items WHERE id = 'a'",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
             sqlx::query(
                 "INSERT INTO hooks (seq, state) SELECT seq, 'pending' FROM items WHERE id = 'a'",
             )
@@ -443,6 +451,18 @@ mod tests {
         let own = store.own_claims().await.unwrap();
         assert_eq!(own.len(), 1);
         assert_eq!(own[0].id, "b");
+        let files: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM item_files")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(files, 1, "the digests survived the rebuild");
+        // The freshness trigger (schema 4) still fires when an item lands.
+        assert!(store.mark_done(&own[0], 7, now_ms(), &[]).await.unwrap());
+        let fresh: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM landings")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(fresh, 1);
         // A third source is a new value, not a schema change.
         sqlx::query("INSERT INTO items (source, id, classification, url, plan, state, listed_ms) VALUES ('third', 'z', 'c', 'u', 'null', 'pending', 1)")
             .execute(&store.pool)

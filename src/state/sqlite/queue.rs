@@ -112,7 +112,13 @@ impl QueueStore for SqliteStore {
     /// Marks an item done; with hooks on, its hook run is recorded in the same transaction, so
     /// no crash can land an item without its hook (at least once). The id stays held for
     /// refetch_delay, should anything ever queue it again.
-    async fn mark_done(&self, item: &Claimed, bytes: u64, now: i64) -> Result<bool, StoreError> {
+    async fn mark_done(
+        &self,
+        item: &Claimed,
+        bytes: u64,
+        now: i64,
+        digests: &[FileDigest],
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let marked = sqlx::query(
             "UPDATE items SET state = 'done', bytes = ?1, finished_ms = ?2, last_error = NULL,
@@ -135,6 +141,7 @@ impl QueueStore for SqliteStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        super::monitor::replace_digests(&mut tx, item.seq, digests).await?;
         if self.hooks {
             sqlx::query(
                 "INSERT INTO hooks (seq, state) VALUES (?, 'pending') ON CONFLICT (seq) DO NOTHING",
