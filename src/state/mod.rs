@@ -3,7 +3,7 @@
 //! [`sqlite`] is today's backend (the only SQL in the crate, migrations embedded); [`Store`]
 //! names the backend the daemon uses.
 //!
-//! Promises every backend keeps (checked by [`contract`]'s suite):
+//! Promises every backend keeps, checked by the `contract` suite (`src/state/contract.rs`):
 //! * every write is one commit; listing is idempotent on `(source, id)`;
 //! * a claim is exactly-once: it records its owner ([`NodeId`]) and a lease ([`LEASE`]) that
 //!   the downloader renews; work in flight is known from rows, never from one process's memory,
@@ -481,7 +481,7 @@ pub trait ReportStore {
 }
 
 /// Everything the daemon needs from its state store. A backend is one module implementing
-/// these traits, and passes [`contract`]'s suite.
+/// these traits, and passes the `contract` suite (`src/state/contract.rs`).
 pub trait StateStore:
     CursorStore + QueueStore + FetchLog + HookStore + ReportStore + Clone + Send + Sync + 'static
 {
