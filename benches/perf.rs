@@ -1625,6 +1625,7 @@ fn build_scale_db(ctx: &mut Ctx, sim: &Sim, cached: &Path) {
 /// of a poll that records 10 new items, through the library's own Store.
 async fn db_poll_work(db: &Path) -> (f64, f64) {
     use jma_poller::download::plan::{Compression, Layout, Plan};
+    use jma_poller::state::prelude::*;
     use jma_poller::state::{NewItem, Source, Store};
     let store = Store::open(db).await.expect("open store");
     let mut empty = vec![];

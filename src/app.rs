@@ -18,10 +18,12 @@ use crate::api::{ApiError, Client, ClientError};
 use crate::config::{ConfigError, Secret, Settings};
 use crate::download::Downloader;
 use crate::health::Health;
+use crate::model::{Claim, now_ms};
 use crate::poll::archive::ArchivePoller;
 use crate::poll::jmafile::JmaFilePoller;
 use crate::poll::streams::StreamPlan;
-use crate::state::{Claim, Store, StoreError, now_ms};
+use crate::state::prelude::*;
+use crate::state::{Store, StoreError};
 use crate::storage::{Storage, StorageError};
 
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -145,169 +147,296 @@ async fn plan_streams(settings: &Settings, store: &Store) -> Result<StreamPlan, 
 
 /// Runs the daemon until `shutdown` is cancelled or a task fails fatally.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), RunError> {
-    let key = settings.api_key()?;
-    // Bind first: a busy port is a configuration problem, reported before anything else.
-    let listener = match settings.server.listen {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            ConfigError::invalid("server.listen", format!("cannot listen on {addr}: {e}"))
-        })?),
-        None => None,
-    };
-    crate::telemetry::metrics();
-    let storage = Arc::new(
-        Storage::open(&settings.storage.data_dir)?
-            .with_min_free(settings.storage.min_free.as_u64()),
-    );
-    let db_path = settings.storage.database_path();
-    let hooks_on = !settings.hooks.on_file.is_empty();
-    let store = Store::open(&db_path)
+    Application::build(settings)
         .await?
-        .with_hooks(hooks_on)
-        .with_refetch_delay(settings.download.refetch_delay);
-    let client = client(&settings, key, &store).await?;
-    let health = Arc::new(Health::default());
-    health.set_files(store.done_count().await?);
-    // Exported from the start (0), so dashboards and alerts see "not paused" rather than
-    // nothing until the first pause.
-    health.set_paused(false);
+        .run_until_stopped(shutdown)
+        .await
+}
 
-    let wake = Arc::new(Notify::new());
-    let downloader = Arc::new(Downloader::new(
-        store.clone(),
-        client.clone(),
-        storage.clone(),
-        settings.download.clone(),
-        wake.clone(),
-        health.clone(),
-    ));
-    downloader.recover().await?;
+/// The daemon, built and not yet running: the port is bound (tests read the real one from
+/// [`Application::local_addr`]), storage locked and swept, the database open and migrated, the
+/// API client made and this node's interrupted claims resolved.
+pub struct Application {
+    settings: Settings,
+    listener: Option<tokio::net::TcpListener>,
+    storage: Arc<Storage>,
+    store: Store,
+    client: Arc<Client>,
+    health: Arc<Health>,
+    wake: Arc<Notify>,
+    downloader: Arc<Downloader>,
+}
 
+impl Application {
+    /// Builds every part in order, failing on the first that cannot start: the listener first
+    /// (a busy port is a configuration problem, reported before anything else).
+    pub async fn build(settings: Settings) -> Result<Application, RunError> {
+        let key = settings.api_key()?;
+        let listener = bind(&settings).await?;
+        crate::telemetry::metrics();
+        let storage = Arc::new(
+            Storage::open(&settings.storage.data_dir)?
+                .with_min_free(settings.storage.min_free.as_u64()),
+        );
+        let store = Store::open(&settings.storage.database_path())
+            .await?
+            .with_hooks(!settings.hooks.on_file.is_empty())
+            .with_refetch_delay(settings.download.refetch_delay);
+        let client = client(&settings, key, &store).await?;
+        let health = Arc::new(Health::default());
+        health.set_files(store.done_count().await?);
+        // Exported from the start (0), so dashboards and alerts see "not paused" rather than
+        // nothing until the first pause.
+        health.set_paused(false);
+        let wake = Arc::new(Notify::new());
+        let downloader = Arc::new(Downloader::new(
+            store.clone(),
+            client.clone(),
+            storage.clone(),
+            settings.download.clone(),
+            wake.clone(),
+            health.clone(),
+        ));
+        downloader.recover().await?;
+        log_started(&settings);
+        Ok(Application {
+            settings,
+            listener,
+            storage,
+            store,
+            client,
+            health,
+            wake,
+            downloader,
+        })
+    }
+
+    /// The address `/healthz`, `/readyz` and `/metrics` are served on (with `server.listen`).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Starts every task, waits for `shutdown` or a fatal task error, then stops them within
+    /// [`SHUTDOWN_GRACE`] and closes the database.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), RunError> {
+        let tasks_cancel = shutdown.child_token();
+        let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
+        let store = self.store.clone();
+        self.spawn_tasks(&mut tasks, &tasks_cancel).await?;
+        let result = wait_for_stop(&mut tasks, &shutdown).await;
+        tasks_cancel.cancel();
+        stop(tasks, store).await;
+        // An error is reported once, by the binary's edge, as the last line before the exit
+        // (`telemetry::fatal`, at error priority): logging it here too printed it twice.
+        if result.is_ok() {
+            info!(event = "stopped", "stopped cleanly");
+        }
+        result
+    }
+
+    /// Every long-running task, in the order they used to start.
+    async fn spawn_tasks(
+        self,
+        tasks: &mut JoinSet<Result<(), RunError>>,
+        cancel: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let Application {
+            settings,
+            listener,
+            storage,
+            store,
+            client,
+            health,
+            wake,
+            downloader,
+        } = self;
+        let polling = settings.jmafile.enabled || settings.archive.enabled;
+        if let Some(listener) = listener {
+            info!(event = "listening", addr = %settings.server.listen.map(|a| a.to_string()).unwrap_or_default(), "serving /, /healthz, /readyz and /metrics");
+            let staleness = polling.then_some(settings.server.ready_staleness);
+            let (h, st, c) = (health.clone(), store.clone(), cancel.clone());
+            let monitor = crate::server::Monitor {
+                storage: storage.clone(),
+                late_factor: settings.monitor.late_factor,
+            };
+            tasks.spawn(async move {
+                crate::server::serve(listener, h, st, staleness, monitor, c).await;
+                Ok(())
+            });
+        }
+        {
+            let (h, st, cl, c) = (
+                health.clone(),
+                store.clone(),
+                client.clone(),
+                cancel.clone(),
+            );
+            tasks.spawn(async move {
+                crate::health::supervise(h, st, cl, c).await;
+                Ok(())
+            });
+        }
+        if !settings.hooks.on_file.is_empty() {
+            let (st, sg, hs, h, c) = (
+                store.clone(),
+                storage.clone(),
+                settings.hooks.clone(),
+                health.clone(),
+                cancel.clone(),
+            );
+            tasks.spawn(async move {
+                crate::hooks::run(st, sg, hs, h, c).await;
+                Ok(())
+            });
+        }
+        if let Some(retention) = settings.storage.retention {
+            let (st, sg, c) = (store.clone(), storage.clone(), cancel.clone());
+            tasks.spawn(async move {
+                crate::retention::run(st, sg, retention, c).await;
+                Ok(())
+            });
+        }
+        if !polling {
+            health.assume_contacted();
+        }
+        // READY=1 (with the current STATUS=) comes from `health::supervise` once config,
+        // database and the first API contact are good.
+        let parts = Parts {
+            settings: &settings,
+            store: &store,
+            client: &client,
+            health: &health,
+            wake: &wake,
+            cancel,
+        };
+        if settings.jmafile.enabled {
+            spawn_streams(tasks, &parts).await?;
+        }
+        if settings.archive.enabled {
+            spawn_archives(tasks, &parts);
+        }
+        spawn_contract_watch(tasks, &health, cancel);
+        if !polling {
+            warn!(
+                event = "idle",
+                "jmafile.enabled and archive.enabled are both false: only queued downloads will run"
+            );
+        }
+        spawn_workers(tasks, &settings, &downloader, cancel);
+        Ok(())
+    }
+}
+
+/// What the pollers are made of.
+struct Parts<'a> {
+    settings: &'a Settings,
+    store: &'a Store,
+    client: &'a Arc<Client>,
+    health: &'a Arc<Health>,
+    wake: &'a Arc<Notify>,
+    cancel: &'a CancellationToken,
+}
+
+/// Binds `server.listen`, if set.
+async fn bind(settings: &Settings) -> Result<Option<tokio::net::TcpListener>, RunError> {
+    let Some(addr) = settings.server.listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        ConfigError::invalid("server.listen", format!("cannot listen on {addr}: {e}"))
+    })?;
+    Ok(Some(listener))
+}
+
+fn log_started(settings: &Settings) {
     info!(
         event = "started",
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %settings.storage.data_dir.display(),
-        database = %db_path.display(),
+        database = %settings.storage.database_path().display(),
         base_url = %settings.api.base_url,
         types = ?settings.jmafile.types,
         archives = settings.archive.enabled,
         workers = settings.download.concurrency,
         "jma-poller started"
     );
+}
 
-    let tasks_cancel = shutdown.child_token();
-    let mut tasks: JoinSet<Result<(), RunError>> = JoinSet::new();
-    if let Some(listener) = listener {
-        info!(event = "listening", addr = %settings.server.listen.map(|a| a.to_string()).unwrap_or_default(), "serving /, /healthz, /readyz and /metrics");
-        let polling = settings.jmafile.enabled || settings.archive.enabled;
-        let staleness = polling.then_some(settings.server.ready_staleness);
-        let (h, st, c) = (health.clone(), store.clone(), tasks_cancel.clone());
-        let monitor = crate::server::Monitor {
-            storage: storage.clone(),
-            late_factor: settings.monitor.late_factor,
-        };
-        tasks.spawn(async move {
-            crate::server::serve(listener, h, st, staleness, monitor, c).await;
-            Ok(())
-        });
-    }
-    {
-        let (h, st, cl, c) = (
-            health.clone(),
-            store.clone(),
-            client.clone(),
-            tasks_cancel.clone(),
-        );
-        tasks.spawn(async move {
-            crate::health::supervise(h, st, cl, c).await;
-            Ok(())
-        });
-    }
-    if hooks_on {
-        let (st, sg, hs, h, c) = (
-            store.clone(),
-            storage.clone(),
-            settings.hooks.clone(),
-            health.clone(),
-            tasks_cancel.clone(),
-        );
-        tasks.spawn(async move {
-            crate::hooks::run(st, sg, hs, h, c).await;
-            Ok(())
-        });
-    }
-    if let Some(retention) = settings.storage.retention {
-        let (st, sg, c) = (store.clone(), storage.clone(), tasks_cancel.clone());
-        tasks.spawn(async move {
-            crate::retention::run(st, sg, retention, c).await;
-            Ok(())
-        });
-    }
-    if !settings.jmafile.enabled && !settings.archive.enabled {
-        health.assume_contacted();
-    }
-    // READY=1 (with the current STATUS=) comes from `health::supervise` once config, database
-    // and the first API contact are good.
-    if settings.jmafile.enabled {
-        let plan = plan_streams(&settings, &store).await?;
-        // One pacing for every stream: together they stay below 2 list calls per second.
-        let pacer = Arc::new(crate::poll::jmafile::list_pacer());
-        for stream in plan.streams {
-            health.register_stream(&stream.name);
-            health.expect_contract(&stream.name);
-            let poller = JmaFilePoller::new(
-                client.clone(),
-                store.clone(),
-                settings.jmafile.clone(),
-                stream,
-                pacer.clone(),
-                settings.download.max_size.as_u64(),
-                settings.storage.retention,
-                wake.clone(),
-                health.clone(),
-            );
-            let c = tasks_cancel.clone();
-            tasks.spawn(async move { poller.run(c).await.map_err(RunError::Auth) });
-        }
-    }
-    if settings.archive.enabled {
-        for unit in crate::poll::archive::contract_units(&settings.archive) {
-            health.expect_contract(&unit);
-        }
-        let poller = ArchivePoller::new(
-            client.clone(),
-            store.clone(),
-            settings.archive.clone(),
+/// One PuLL task per planned stream, sharing one pacing.
+async fn spawn_streams(
+    tasks: &mut JoinSet<Result<(), RunError>>,
+    parts: &Parts<'_>,
+) -> Result<(), RunError> {
+    let settings = parts.settings;
+    let plan = plan_streams(settings, parts.store).await?;
+    // One pacing for every stream: together they stay below 2 list calls per second.
+    let pacer = Arc::new(crate::poll::jmafile::list_pacer());
+    for stream in plan.streams {
+        parts.health.register_stream(&stream.name);
+        parts.health.expect_contract(&stream.name);
+        let poller = JmaFilePoller::new(
+            parts.client.clone(),
+            parts.store.clone(),
+            settings.jmafile.clone(),
+            stream,
+            pacer.clone(),
+            settings.download.max_size.as_u64(),
             settings.storage.retention,
-            wake.clone(),
-            health.clone(),
+            parts.wake.clone(),
+            parts.health.clone(),
         );
-        let c = tasks_cancel.clone();
-        tasks.spawn(async move {
-            poller.run(c).await;
-            Ok(())
-        });
+        let c = parts.cancel.clone();
+        tasks.spawn(async move { poller.run(c).await.map_err(RunError::Auth) });
     }
-    {
-        // Refused by the contract everywhere before anything was covered: nothing to do,
-        // and restarting will not change that.
-        let h = health.clone();
-        let c = tasks_cancel.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = c.cancelled() => Ok(()),
-                refusals = h.refused_everywhere() => Err(RunError::NoContract(refusals)),
-            }
-        });
+    Ok(())
+}
+
+/// The daily archive task.
+fn spawn_archives(tasks: &mut JoinSet<Result<(), RunError>>, parts: &Parts<'_>) {
+    let settings = parts.settings;
+    for unit in crate::poll::archive::contract_units(&settings.archive) {
+        parts.health.expect_contract(&unit);
     }
-    if !settings.jmafile.enabled && !settings.archive.enabled {
-        warn!(
-            event = "idle",
-            "jmafile.enabled and archive.enabled are both false: only queued downloads will run"
-        );
-    }
+    let poller = ArchivePoller::new(
+        parts.client.clone(),
+        parts.store.clone(),
+        settings.archive.clone(),
+        settings.storage.retention,
+        parts.wake.clone(),
+        parts.health.clone(),
+    );
+    let c = parts.cancel.clone();
+    tasks.spawn(async move {
+        poller.run(c).await;
+        Ok(())
+    });
+}
+
+/// Refused by the contract everywhere before anything was covered: nothing to do, and
+/// restarting will not change that.
+fn spawn_contract_watch(
+    tasks: &mut JoinSet<Result<(), RunError>>,
+    health: &Arc<Health>,
+    cancel: &CancellationToken,
+) {
+    let (h, c) = (health.clone(), cancel.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = c.cancelled() => Ok(()),
+            refusals = h.refused_everywhere() => Err(RunError::NoContract(refusals)),
+        }
+    });
+}
+
+/// The download workers. With archives on, one worker stays with the live stream, so a day's
+/// tarball can never hold every worker while fresh jmafile items wait.
+fn spawn_workers(
+    tasks: &mut JoinSet<Result<(), RunError>>,
+    settings: &Settings,
+    downloader: &Arc<Downloader>,
+    cancel: &CancellationToken,
+) {
     for worker in 0..settings.download.concurrency {
-        // With archives on, one worker stays with the live stream, so a day's tarball can
-        // never hold every worker while fresh jmafile items wait.
         let claim = if worker == 0
             && settings.archive.enabled
             && settings.jmafile.enabled
@@ -318,32 +447,34 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             Claim::Any
         };
         let d = downloader.clone();
-        let c = tasks_cancel.clone();
+        let c = cancel.clone();
         tasks.spawn(async move {
             d.run_worker(claim, c).await;
             Ok(())
         });
     }
+}
 
-    let mut result = Ok(());
+/// Until shutdown, or the first task that ends with an error (or panics).
+async fn wait_for_stop(
+    tasks: &mut JoinSet<Result<(), RunError>>,
+    shutdown: &CancellationToken,
+) -> Result<(), RunError> {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => return Ok(()),
             joined = tasks.join_next() => match joined {
-                None => break,
+                None => return Ok(()),
                 Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => {
-                    result = Err(e);
-                    break;
-                }
-                Some(Err(e)) => {
-                    result = Err(RunError::Task(e.to_string()));
-                    break;
-                }
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => return Err(RunError::Task(e.to_string())),
             }
         }
     }
-    tasks_cancel.cancel();
+}
+
+/// Waits up to [`SHUTDOWN_GRACE`] for the (cancelled) tasks, then closes the database.
+async fn stop(mut tasks: JoinSet<Result<(), RunError>>, store: Store) {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     info!(
         event = "stopping",
@@ -374,10 +505,4 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             CLOSE_GRACE.as_secs()
         );
     }
-    // An error is reported once, by the binary's edge, as the last line before the exit
-    // (`telemetry::fatal`, at error priority): logging it here too printed it twice.
-    if result.is_ok() {
-        info!(event = "stopped", "stopped cleanly");
-    }
-    result
 }

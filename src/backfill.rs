@@ -25,8 +25,10 @@ use tracing::{info, warn};
 use crate::app::{RunError, SHUTDOWN_GRACE};
 use crate::config::Settings;
 use crate::download::Downloader;
+use crate::model::{Claim, now_ms};
 use crate::poll::archive::{Listing, date_ms, first_archived_day, fmt_date, list_archives};
-use crate::state::{Claim, Store, now_ms};
+use crate::state::Store;
+use crate::state::prelude::*;
 use crate::storage::{Storage, StorageError};
 
 /// Paging guard: 40 pages of 100 covers ten years of one classification.

@@ -10,8 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{self, Secret, Settings};
+use crate::model::now_ms;
 use crate::sim::{Sim, SimConfig};
-use crate::state::{Store, now_ms};
+use crate::state::Store;
+use crate::state::prelude::*;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -293,7 +295,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 )));
             }
             let to =
-                to.unwrap_or_else(|| crate::poll::archive::jst_today() - time::Duration::days(1));
+                to.unwrap_or_else(|| crate::model::time::jst_today() - time::Duration::days(1));
             let from = from.unwrap_or(to - time::Duration::days(6));
             if from > to {
                 return Err(Failure::from((2, "--from is after --to")));
@@ -308,8 +310,8 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 })?;
             let range = format!(
                 "{classification} {}..{}",
-                crate::poll::archive::fmt_date(from),
-                crate::poll::archive::fmt_date(to)
+                crate::model::time::fmt_date(from),
+                crate::model::time::fmt_date(to)
             );
             if r.interrupted {
                 return Err(Failure::from((
@@ -339,7 +341,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             let settings = load(&cli.config)?;
             let source = match source.as_deref() {
                 None => None,
-                Some(s) => Some(crate::state::Source::parse(s).ok_or_else(|| {
+                Some(s) => Some(crate::model::Source::parse(s).ok_or_else(|| {
                     Failure::from((2, format!("--source {s:?}: use jmafile or archive")))
                 })?),
             };
@@ -691,7 +693,7 @@ async fn healthcheck(settings: &Settings) -> Result<(), Failure> {
     let streams: Vec<_> = report
         .cursors
         .iter()
-        .filter(|c| settings.jmafile.enabled && c.name != crate::poll::archive::CURSOR)
+        .filter(|c| settings.jmafile.enabled && c.name != crate::model::ARCHIVE_CURSOR)
         .collect();
     if streams.is_empty() {
         let last = report.cursors.iter().filter_map(|c| c.last_poll_ms).max();
@@ -865,13 +867,13 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     let streams = report
         .cursors
         .iter()
-        .filter(|c| c.name != crate::poll::archive::CURSOR)
+        .filter(|c| c.name != crate::model::ARCHIVE_CURSOR)
         .count();
     if streams > 0 {
         println!("jmafile streams: {streams}");
     }
     for c in &report.cursors {
-        if c.name == crate::poll::archive::CURSOR {
+        if c.name == crate::model::ARCHIVE_CURSOR {
             println!(
                 "archives: checked {}, every {}",
                 ago(c.last_poll_ms),
@@ -921,7 +923,7 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     }
     for (classification, newest) in &report.archive_newest {
         let date = time::OffsetDateTime::from_unix_timestamp(newest / 1000)
-            .map(|t| crate::poll::archive::fmt_date(t.to_offset(time::macros::offset!(+9)).date()))
+            .map(|t| crate::model::time::fmt_date(t.to_offset(time::macros::offset!(+9)).date()))
             .unwrap_or_default();
         println!("archive {classification}: newest day on disk {date}");
     }

@@ -119,15 +119,14 @@ pub fn publish(list: &[Freshness]) {
             ("source", f.source.clone()),
             ("classification", f.classification.clone()),
         ];
-        metrics::gauge!("jma_poller_last_landed_timestamp_seconds", &labels)
-            .set(f.last_landed_ms as f64 / 1000.0);
-        metrics::gauge!("jma_poller_last_received_timestamp_seconds", &labels)
+        metrics::gauge!(crate::metric::LAST_LANDED, &labels).set(f.last_landed_ms as f64 / 1000.0);
+        metrics::gauge!(crate::metric::LAST_RECEIVED, &labels)
             .set(f.last_received_ms as f64 / 1000.0);
         if let Some(gap) = f.expected_interval_ms {
-            metrics::gauge!("jma_poller_expected_interval_seconds", &labels)
-                .set(gap as f64 / 1000.0);
+            metrics::gauge!(crate::metric::EXPECTED_INTERVAL, &labels).set(gap as f64 / 1000.0);
         }
-        metrics::gauge!("jma_poller_classification_late", &labels).set(f64::from(u8::from(f.late)));
+        metrics::gauge!(crate::metric::CLASSIFICATION_LATE, &labels)
+            .set(f64::from(u8::from(f.late)));
     }
 }
 

@@ -15,7 +15,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Client;
-use crate::state::{Store, now_ms};
+use crate::model::now_ms;
+use crate::state::Store;
+use crate::state::prelude::*;
 
 #[derive(Debug)]
 pub struct Health {
@@ -81,8 +83,7 @@ impl Health {
         self.last_success_ms.store(now, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.contacted.send_replace(true);
-        metrics::gauge!("jma_poller_last_success_timestamp_seconds", "task" => task)
-            .set(now as f64 / 1000.0);
+        metrics::gauge!(crate::metric::LAST_SUCCESS, "task" => task).set(now as f64 / 1000.0);
     }
 
     pub fn poll_failed(&self, error: &str) {
@@ -258,12 +259,12 @@ impl Health {
 
     pub fn set_files(&self, n: i64) {
         self.files.store(n, Ordering::Relaxed);
-        metrics::gauge!("jma_poller_files").set(n as f64);
+        metrics::gauge!(crate::metric::FILES).set(n as f64);
     }
 
     pub fn landed(&self) {
         let n = self.files.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("jma_poller_files").set(n as f64);
+        metrics::gauge!(crate::metric::FILES).set(n as f64);
         self.landed_signal.notify_waiters();
     }
 
@@ -274,7 +275,7 @@ impl Health {
 
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Relaxed);
-        metrics::gauge!("jma_poller_downloads_paused").set(if paused { 1.0 } else { 0.0 });
+        metrics::gauge!(crate::metric::DOWNLOADS_PAUSED).set(if paused { 1.0 } else { 0.0 });
     }
 
     /// One line for `systemctl status` (`STATUS=`).
@@ -363,7 +364,7 @@ async fn refresh(health: &Health, store: &Store, client: &Client) -> String {
         Ok(rows) => {
             let mut total = 0;
             for (source, n) in rows {
-                metrics::gauge!("jma_poller_queue_depth", "source" => source).set(n as f64);
+                metrics::gauge!(crate::metric::QUEUE_DEPTH, "source" => source).set(n as f64);
                 total += n;
             }
             total
@@ -372,7 +373,7 @@ async fn refresh(health: &Health, store: &Store, client: &Client) -> String {
     };
     for budget in [client.data_budget(), client.api_budget()] {
         if let Some(left) = budget.remaining() {
-            metrics::gauge!("jma_poller_budget_remaining", "budget" => budget.name())
+            metrics::gauge!(crate::metric::BUDGET_REMAINING, "budget" => budget.name())
                 .set(left as f64);
         }
     }

@@ -17,11 +17,13 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{Instrument, debug, error, warn};
 
 use crate::config::HookSettings;
 use crate::health::Health;
-use crate::state::{HookJob, HookOutcome, Store, now_ms};
+use crate::model::now_ms;
+use crate::state::prelude::*;
+use crate::state::{HookJob, HookOutcome, Store};
 use crate::storage::Storage;
 
 /// What the last part of a failing hook's stderr is kept for the error message.
@@ -170,18 +172,27 @@ pub async fn run(
             continue;
         };
         let started = tokio::time::Instant::now();
-        let ran = run_one(&job, &storage, &settings, &cancel).await;
+        let span = tracing::info_span!(
+            "hook",
+            source = %job.source,
+            id = %job.id,
+            serial = job.serial,
+            classification = %job.classification,
+        );
+        let ran = run_one(&job, &storage, &settings, &cancel)
+            .instrument(span)
+            .await;
         let ms = started.elapsed().as_millis() as u64;
         let now = now_ms();
         let outcome = match &ran {
             Ran::Ok => {
-                metrics::counter!("jma_poller_hook_runs_total", "result" => "ok").increment(1);
+                metrics::counter!(crate::metric::HOOK_RUNS, "result" => "ok").increment(1);
                 debug!(event = "hook", id = %job.id, path = %job.path, ms, "hook ran");
                 HookOutcome::Done
             }
             Ran::Interrupted => HookOutcome::Interrupted,
             Ran::Failed { code, error } if job.attempts >= settings.max_attempts => {
-                metrics::counter!("jma_poller_hook_runs_total", "result" => "gave_up").increment(1);
+                metrics::counter!(crate::metric::HOOK_RUNS, "result" => "gave_up").increment(1);
                 error!(
                     event = "hook_failed",
                     id = %job.id,
@@ -196,7 +207,7 @@ pub async fn run(
                 HookOutcome::Failed { code: *code, error }
             }
             Ran::Failed { code, error } => {
-                metrics::counter!("jma_poller_hook_runs_total", "result" => "failed").increment(1);
+                metrics::counter!(crate::metric::HOOK_RUNS, "result" => "failed").increment(1);
                 let wait = crate::backoff::delay(
                     job.attempts,
                     Duration::from_secs(5),

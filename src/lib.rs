@@ -1,23 +1,31 @@
 //! jma-poller mirrors Japan Meteorological Agency data from the dmdata.jp API to local disk,
 //! and never loses an item.
 //!
-//! The parts, one module each:
+//! The parts, one module each. Arrows point at what a part may use; nothing points back.
+//! * [`model`] — the domain: item ids, sources, item states, holds, cursors, claims and leases,
+//!   plans and layout keys, times. Depends on nothing else in the crate.
+//! * [`state`] — the state store behind traits (cursors, queue and claims, fetch log, hooks,
+//!   reports) and its contract suite; [`state::sqlite`] is the backend, the only SQL.
 //! * [`catalog`] — the provider's catalog of jmafile products (identifiers, file names).
 //! * [`config`] — layered settings (defaults → TOML → `JMA_POLLER__*` env), validation.
 //! * [`api`] — the dmdata.jp client: auth, trusted hosts, request budgets, typed errors.
-//! * [`state`] — the SQLite store (cursor, items, request log): the only SQL in the crate.
-//! * [`poll`] — scheduler tasks: JmaFile PuLL, daily archives.
-//! * [`download`] — the worker pool: streaming fetch, decompress/split, verify, place.
+//! * [`poll`] — the list sources: JmaFile PuLL (one task per stream), daily archives.
+//! * [`download`] — the worker pool: claim (with a renewed lease), streaming fetch,
+//!   decompress/split/unpack ([`download::decode`], [`download::unpack`], their shared
+//!   [`download::error`]), verify, place; what to do with an item ([`download::plan`]).
 //! * [`storage`] — on-disk layout, safe names, atomic placement, temp sweep, data-dir lock;
 //!   [`retention`] — removal of old items; [`hooks`] — the post-download hook.
-//! * [`telemetry`] — logging and the metrics recorder; [`health`] — readiness, the systemd
-//!   watchdog and status; [`server`] — `/healthz`, `/readyz`, `/metrics`.
+//! * [`worker`] — what background tasks share (throttled failure logs).
+//! * [`telemetry`] — logging and the metrics recorder; [`metric`] — every metric name;
+//!   [`health`] — readiness, the systemd watchdog and status; [`server`] — `/healthz`,
+//!   `/readyz`, `/metrics`.
 //! * [`app`] — wiring and shutdown; [`backfill`] — the archive backfill command;
 //!   [`cli`] — the command line.
 //! * [`freshness`] — per-classification freshness and lateness; [`verify`] — the mirror on
 //!   disk against what was recorded; [`status_page`] — `GET /`; [`digest`] — SHA-256 while
 //!   streaming.
-//! * [`sim`] — a simulator of the API for `demo` and the tests.
+//! * [`sim`] — a simulator of the API for `demo` and the tests, with its own statement of the
+//!   on-disk layout (the oracle the tests compare the mirror against).
 
 pub mod api;
 pub mod app;
@@ -31,6 +39,8 @@ pub mod download;
 pub mod freshness;
 pub mod health;
 pub mod hooks;
+pub mod metric;
+pub mod model;
 pub mod poll;
 pub mod retention;
 pub mod server;
@@ -40,3 +50,4 @@ pub mod status_page;
 pub mod storage;
 pub mod telemetry;
 pub mod verify;
+pub mod worker;

@@ -13,7 +13,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::state::{Store, StoreError, now_ms};
+use crate::model::now_ms;
+use crate::state::prelude::*;
+use crate::state::{Store, StoreError};
 use crate::storage::Storage;
 
 const BATCH: i64 = 500;
@@ -85,7 +87,7 @@ pub async fn prune_once(
         }
         items += store.delete_items(&removed).await?;
         bytes += freed;
-        metrics::counter!("jma_poller_retention_removed_total").increment(removed.len() as u64);
+        metrics::counter!(crate::metric::RETENTION_REMOVED).increment(removed.len() as u64);
     }
     Ok((items, bytes))
 }

@@ -14,7 +14,9 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
-use crate::state::{HoldReason, Store, now_ms};
+use crate::model::{HoldReason, now_ms};
+use crate::state::Store;
+use crate::state::prelude::*;
 use crate::storage::Storage;
 
 /// What the freshness gauges and the status page need besides the store.
@@ -158,10 +160,10 @@ async fn refresh_waiting(store: &Store) {
             .iter()
             .find(|c| c.reason == reason)
             .map_or(0, |c| c.items);
-        metrics::gauge!("jma_poller_items_waiting", "reason" => reason.as_str()).set(n as f64);
+        metrics::gauge!(crate::metric::ITEMS_WAITING, "reason" => reason.as_str()).set(n as f64);
     }
     let next = waiting.counts.iter().map(|c| c.next_due_ms).min();
-    metrics::gauge!("jma_poller_items_waiting_next_due_timestamp_seconds")
+    metrics::gauge!(crate::metric::ITEMS_WAITING_NEXT_DUE)
         .set(next.map_or(0.0, |ms| ms as f64 / 1000.0));
 }
 
@@ -173,7 +175,7 @@ async fn refresh_freshness(store: &Store, monitor: &Monitor) {
         crate::freshness::publish(&list);
     }
     if let Ok(free) = monitor.storage.free_space() {
-        metrics::gauge!("jma_poller_free_bytes").set(free as f64);
+        metrics::gauge!(crate::metric::FREE_BYTES).set(free as f64);
     }
-    metrics::gauge!("jma_poller_min_free_bytes").set(monitor.storage.min_free() as f64);
+    metrics::gauge!(crate::metric::MIN_FREE_BYTES).set(monitor.storage.min_free() as f64);
 }

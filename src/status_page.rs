@@ -10,6 +10,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::freshness::Freshness;
+use crate::state::prelude::*;
 use crate::state::{StatusReport, Store, StoreError};
 
 /// How often the page reloads itself.

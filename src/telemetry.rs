@@ -75,7 +75,9 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The innermost span (an item's id, serial, classification, or a poll's stream), so
+            // events deep in an attempt (decoder warnings, retries) say which item they are about.
+            .with_current_span(true)
             .with_span_list(false)
             .try_init(),
         LogFormat::Auto if !tty && stderr_is_journal() => builder

@@ -33,6 +33,7 @@ use serde::Serialize;
 
 use crate::digest::sha256_of;
 use crate::download::plan::{Layout, Plan};
+use crate::state::prelude::*;
 use crate::state::{DamagedRepair, FileDigest, Store, StoreError, VerifyItem, now_ms};
 
 /// Exit code of `verify` when it found damage (missing, changed, incomplete or unowned files).

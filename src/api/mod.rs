@@ -364,7 +364,7 @@ async fn status_error(
         .map(|e| e.error.message)
         .unwrap_or_else(|_| snippet(&body));
     if status == StatusCode::TOO_MANY_REQUESTS {
-        metrics::counter!("jma_poller_http_429_total", "budget" => budget.name()).increment(1);
+        metrics::counter!(crate::metric::HTTP_429, "budget" => budget.name()).increment(1);
         if !says_same_data(&message) {
             let pause = retry_after
                 .unwrap_or(Duration::from_secs(30))

@@ -10,43 +10,20 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 use flate2::read::MultiGzDecoder;
 use tempfile::{NamedTempFile, TempDir};
 use tokio_util::sync::CancellationToken;
 
+pub use super::error::DecodeError;
 use super::plan::{Compression, Layout, Plan};
 use super::unpack::{MANIFEST, Manifest, Unpacked};
 use crate::digest::Hashing;
 use crate::state::FileDigest;
 
 const BUF: usize = 256 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("body download broke off: {0}")]
-    Network(String),
-    #[error("corrupt body: {0}")]
-    Corrupt(String),
-    #[error("length mismatch: {0}")]
-    Length(String),
-    #[error("more than download.max_size ({limit} bytes) after decompression; refused")]
-    TooLarge { limit: u64 },
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("refused: {0}")]
-    Refused(String),
-    #[error("writing {}: {source}", path.display())]
-    Disk {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("interrupted by shutdown")]
-    Cancelled,
-}
 
 /// Output staged in `.tmp/`, not yet under its final name.
 #[derive(Debug)]
@@ -91,15 +68,15 @@ pub enum Warning {
 impl Warning {
     /// Logs the warning about `item` (and counts a size mismatch in
     /// `jma_poller_archive_size_mismatch_total`).
-    pub fn report(&self, item: &crate::state::Claimed) {
+    pub fn report(&self, item: &crate::model::Claimed) {
         let date = item
             .received_ms
-            .and_then(crate::poll::archive::ms_date)
-            .map(crate::poll::archive::fmt_date)
+            .and_then(crate::model::time::ms_date)
+            .map(crate::model::time::fmt_date)
             .unwrap_or_default();
         match self {
             Warning::SizeMismatch { announced, actual } => {
-                metrics::counter!("jma_poller_archive_size_mismatch_total", "classification" => item.classification.clone()).increment(1);
+                metrics::counter!(crate::metric::ARCHIVE_SIZE_MISMATCH, "classification" => item.classification.clone()).increment(1);
                 tracing::warn!(
                     event = "archive_size_mismatch",
                     id = %item.id,

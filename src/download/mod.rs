@@ -11,6 +11,7 @@
 //! not counted); the rename and the final commit are never interrupted.
 
 pub mod decode;
+pub mod error;
 pub mod plan;
 pub mod unpack;
 
@@ -23,15 +24,17 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 use url::Url;
 
 use crate::api::{ApiError, Client};
 use crate::config::DownloadSettings;
 use crate::health::Health;
-use crate::poll::FailureLog;
-use crate::state::{Claim, Claimed, Source, Store, StoreError, now_ms};
+use crate::model::{Claim, Claimed, LEASE_RENEW, Source, now_ms};
+use crate::state::prelude::*;
+use crate::state::{Store, StoreError};
 use crate::storage::Storage;
+use crate::worker::FailureLog;
 use decode::{DecodeError, Decoded, Staged};
 use plan::Compression;
 
@@ -190,9 +193,6 @@ pub struct Downloader {
     wake: Arc<Notify>,
     /// Set while storage or the key is unusable; every worker waits it out.
     paused_until: Mutex<Option<Instant>>,
-    /// Items this process is working on. A `fetching` row outside this set is an orphan (its
-    /// worker hit a database error after claiming it) and is resolved like after a crash.
-    working: Mutex<std::collections::HashSet<i64>>,
     last_orphan_sweep: Mutex<Instant>,
     health: Arc<Health>,
     /// Why downloads are paused, while they are: logged when it starts or changes, and once
@@ -200,23 +200,23 @@ pub struct Downloader {
     pause_reason: Mutex<Option<&'static str>>,
 }
 
-/// Removes an item from [`Downloader::working`] however its attempt ends.
-struct Working<'a>(&'a Downloader, i64);
-
-impl Drop for Working<'_> {
-    fn drop(&mut self) {
-        self.0
-            .working
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.1);
-    }
+/// The span every event of one item's attempt runs in (carried into the blocking decoder).
+fn item_span(item: &Claimed) -> tracing::Span {
+    tracing::info_span!(
+        "item",
+        source = item.source.as_str(),
+        id = %item.id,
+        serial = item.serial,
+        classification = %item.classification,
+        attempt = item.attempts,
+    )
 }
 
 /// How often free space is checked again while downloads are paused for it.
 const LOW_SPACE_RECHECK: Duration = Duration::from_secs(10);
 
-/// How often idle workers look for orphaned `fetching` rows.
+/// How often idle workers look for claims whose lease ran out (their holder stopped renewing:
+/// a worker that hit a database error after its claim, or another node that died).
 const ORPHAN_SWEEP: Duration = Duration::from_secs(60);
 
 impl Downloader {
@@ -235,33 +235,26 @@ impl Downloader {
             settings,
             wake,
             paused_until: Mutex::new(None),
-            working: Mutex::new(Default::default()),
             last_orphan_sweep: Mutex::new(Instant::now()),
             health,
             pause_reason: Mutex::new(None),
         }
     }
 
-    /// Resolves items a previous run left `fetching`: adopted if their file is in place (made
-    /// durable first: the crash may have come before the directory fsync), queued again
-    /// otherwise. Returns (adopted, requeued).
+    /// Resolves the claims a previous run of this node left (it crashed or was killed
+    /// mid-download), at once: adopted if their file is in place (made durable first: the crash
+    /// may have come before the directory fsync), queued again otherwise. Returns (adopted,
+    /// requeued).
     pub async fn recover(&self) -> Result<(usize, usize), StoreError> {
-        self.resolve_in_flight(false).await
+        let own = self.store.own_claims().await?;
+        self.resolve_in_flight(own).await
     }
 
-    async fn resolve_in_flight(&self, only_orphans: bool) -> Result<(usize, usize), StoreError> {
+    /// Adopts or queues again claims nobody works on any more.
+    async fn resolve_in_flight(&self, items: Vec<Claimed>) -> Result<(usize, usize), StoreError> {
         let mut adopted = 0;
         let mut requeued = 0;
-        for item in self.store.in_flight().await? {
-            if only_orphans
-                && self
-                    .working
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains(&item.seq)
-            {
-                continue;
-            }
+        for item in items {
             let storage = self.storage.clone();
             let rel = item.path.clone();
             let in_place = tokio::task::spawn_blocking(move || {
@@ -271,28 +264,28 @@ impl Downloader {
             .await
             .unwrap_or(None);
             match in_place {
+                // Not recorded when claimed again by someone else meanwhile: theirs to land.
                 Some(Ok(bytes)) => {
-                    self.store.mark_done(item.seq, bytes, now_ms(), &[]).await?;
-                    info!(
-                        event = "adopted",
-                        source = item.source.as_str(),
-                        id = %item.id,
-                        serial = item.serial,
-                        classification = %item.classification,
-                        path = %item.path,
-                        bytes,
-                        "file was in place before its download was recorded; recorded as done without fetching again"
-                    );
-                    adopted += 1;
+                    if self.store.mark_done(&item, bytes, now_ms(), &[]).await? {
+                        info!(
+                            event = "adopted",
+                            source = item.source.as_str(),
+                            id = %item.id,
+                            serial = item.serial,
+                            classification = %item.classification,
+                            path = %item.path,
+                            bytes,
+                            "file was in place before its download was recorded; recorded as done without fetching again"
+                        );
+                        adopted += 1;
+                    }
                 }
                 Some(Err(e)) => {
                     warn!(event = "requeued", id = %item.id, path = %item.path, error = %e, "found in place but cannot be made durable; fetching again");
-                    self.store.requeue(item.seq, Some(&e.to_string())).await?;
-                    requeued += 1;
+                    requeued += usize::from(self.store.requeue(&item, Some(&e.to_string())).await?);
                 }
                 None => {
-                    self.store.requeue(item.seq, None).await?;
-                    requeued += 1;
+                    requeued += usize::from(self.store.requeue(&item, None).await?);
                 }
             }
         }
@@ -306,7 +299,8 @@ impl Downloader {
         Ok((adopted, requeued))
     }
 
-    /// Now and then (idle workers call this), resolves `fetching` rows nobody works on.
+    /// Now and then (idle workers call this), resolves claims whose lease ran out, whoever
+    /// held them: nobody renews them, so nobody works on them.
     async fn sweep_orphans(&self) {
         {
             let mut last = self
@@ -318,7 +312,14 @@ impl Downloader {
             }
             *last = Instant::now();
         }
-        if let Err(e) = self.resolve_in_flight(true).await {
+        let expired = match self.store.expired_claims(now_ms()).await {
+            Ok(expired) => expired,
+            Err(e) => {
+                debug!(event = "store_error", error = %e, "orphan sweep failed; will try again");
+                return;
+            }
+        };
+        if let Err(e) = self.resolve_in_flight(expired).await {
             debug!(event = "store_error", error = %e, "orphan sweep failed; will try again");
         }
     }
@@ -387,37 +388,51 @@ impl Downloader {
         let Some(item) = self.store.claim_next(now_ms(), claim).await? else {
             return Ok(Step::Idle); // another worker was quicker; the permit is refunded
         };
-        self.working
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(item.seq);
-        let _working = Working(self, item.seq);
+        let span = item_span(&item);
+        self.attempt(&item, permit, cancel).instrument(span).await
+    }
+
+    /// One attempt at a claimed item, inside its span: fetch and place while the lease is
+    /// renewed, then record how it ended.
+    async fn attempt(
+        &self,
+        item: &Claimed,
+        permit: crate::api::budget::Permit<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<Step, StoreError> {
         let started = Instant::now();
-        let result = match self.fetch(&item, permit, cancel).await {
-            Ok(decoded) => self.place(&item, decoded).await,
-            Err(e) => Err(e),
+        let attempt = async {
+            match self.fetch(item, permit, cancel).await {
+                Ok(decoded) => self.place(item, decoded).await,
+                Err(e) => Err(e),
+            }
         };
+        let result = self.holding_lease(item, attempt).await;
         let ms = started.elapsed().as_millis() as u64;
         match result {
             Ok((bytes, raw, digests)) => {
-                self.store
-                    .mark_done(item.seq, bytes, now_ms(), &digests)
-                    .await?;
+                if !self
+                    .store
+                    .mark_done(item, bytes, now_ms(), &digests)
+                    .await?
+                {
+                    warn!(event = "lease_lost", id = %item.id, serial = item.serial, classification = %item.classification, "landed, but the claim had been taken back (its lease ran out) and the item claimed again; its new holder records it");
+                }
                 self.health.landed();
                 self.resume_if(None);
                 // receivedTime → on disk; an archive has only a date, so no latency.
-                let latency_ms = (item.source == crate::state::Source::Jmafile)
+                let latency_ms = (item.source == crate::model::Source::Jmafile)
                     .then_some(item.received_ms)
                     .flatten()
                     .map(|r| now_ms() - r);
                 let (source, class) = (item.source.as_str(), item.classification.clone());
-                metrics::counter!("jma_poller_items_downloaded_total", "source" => source, "classification" => class).increment(1);
-                metrics::counter!("jma_poller_bytes_total", "source" => source).increment(bytes);
-                metrics::counter!("jma_poller_raw_bytes_total", "source" => source).increment(raw);
-                metrics::histogram!("jma_poller_download_seconds", "source" => source)
+                metrics::counter!(crate::metric::ITEMS_DOWNLOADED, "source" => source, "classification" => class).increment(1);
+                metrics::counter!(crate::metric::BYTES, "source" => source).increment(bytes);
+                metrics::counter!(crate::metric::RAW_BYTES, "source" => source).increment(raw);
+                metrics::histogram!(crate::metric::DOWNLOAD_SECONDS, "source" => source)
                     .record(ms as f64 / 1000.0);
                 if let Some(l) = latency_ms {
-                    metrics::histogram!("jma_poller_end_to_end_seconds")
+                    metrics::histogram!(crate::metric::END_TO_END_SECONDS)
                         .record(l.max(0) as f64 / 1000.0);
                 }
                 info!(
@@ -436,8 +451,40 @@ impl Downloader {
                 );
                 Ok(Step::Landed)
             }
-            Err(e) => self.failed(&item, e, ms).await,
+            Err(e) => self.failed(item, e, ms).await,
         }
+    }
+
+    /// Runs `attempt` while renewing `item`'s lease every [`LEASE_RENEW`], so the claim stays
+    /// this node's for as long as the download runs and runs out soon after it stops. Only the
+    /// renewal is ever dropped (at its wait, or mid-statement: a lost renewal is harmless), never
+    /// the attempt.
+    async fn holding_lease<T>(&self, item: &Claimed, attempt: impl Future<Output = T>) -> T {
+        let renew = async {
+            let mut lost = false;
+            loop {
+                tokio::time::sleep(LEASE_RENEW).await;
+                match self.store.renew_claim(item, now_ms()).await {
+                    Ok(true) => lost = false,
+                    Ok(false) if !lost => {
+                        lost = true;
+                        warn!(event = "lease_lost", id = %item.id, serial = item.serial, classification = %item.classification, "this download's claim was taken back (its lease ran out); finishing it anyway");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        debug!(event = "store_error", id = %item.id, error = %e, "renewing the claim failed; will try again")
+                    }
+                }
+            }
+        };
+        tokio::pin!(attempt);
+        tokio::select! {
+            biased;
+            out = &mut attempt => return out,
+            _ = renew => {}
+        }
+        // The renewal loop never ends; should it, the attempt still runs to its end.
+        attempt.await
     }
 
     async fn failed(&self, item: &Claimed, e: FetchError, ms: u64) -> Result<Step, StoreError> {
@@ -468,8 +515,8 @@ impl Downloader {
                     "item failed permanently; it will not be fetched again (see `jma-poller status`)",
                 )
             };
-            metrics::counter!("jma_poller_items_failed_total", "source" => source, "classification" => item.classification.clone()).increment(1);
-            self.store.mark_failed(item.seq, &error, now_ms()).await?;
+            metrics::counter!(crate::metric::ITEMS_FAILED, "source" => source, "classification" => item.classification.clone()).increment(1);
+            self.store.mark_failed(item, &error, now_ms()).await?;
             error!(
                 event = "failed",
                 source,
@@ -484,19 +531,19 @@ impl Downloader {
             return Ok(Step::Failed);
         }
         if !matches!(next, Next::Requeue) {
-            metrics::counter!("jma_poller_retries_total", "source" => source, "reason" => reason)
+            metrics::counter!(crate::metric::RETRIES, "source" => source, "reason" => reason)
                 .increment(1);
         }
         match next {
             Next::Requeue => {
-                self.store.mark_retry(item.seq, None, 0, false).await?;
+                self.store.mark_retry(item, None, 0, false).await?;
                 debug!(event = "requeued", id = %item.id, "download interrupted by shutdown; queued again");
                 Ok(Step::Cancelled)
             }
             Next::Pause { why, wait } => {
                 self.store
                     .mark_retry(
-                        item.seq,
+                        item,
                         Some(&error),
                         now_ms() + wait.as_millis() as i64,
                         false,
@@ -530,7 +577,7 @@ impl Downloader {
                 );
                 let due = self
                     .store
-                    .mark_throttled(item.seq, &error, now_ms() + wait.as_millis() as i64)
+                    .mark_throttled(item, &error, now_ms() + wait.as_millis() as i64)
                     .await?;
                 warn!(
                     event = "throttled",
@@ -548,10 +595,7 @@ impl Downloader {
             Next::SameId => {
                 // Rounded up, so the wait is never shorter than same_id_backoff.
                 let until = now_ms() + 1 + self.settings.same_id_backoff.as_millis() as i64;
-                let due = self
-                    .store
-                    .mark_same_id_blocked(item.seq, &error, until)
-                    .await?;
+                let due = self.store.mark_same_id_blocked(item, &error, until).await?;
                 warn!(
                     event = "same_id_blocked",
                     source = item.source.as_str(),
@@ -574,12 +618,7 @@ impl Downloader {
                 );
                 let due = self
                     .store
-                    .mark_retry(
-                        item.seq,
-                        Some(&error),
-                        now_ms() + wait.as_millis() as i64,
-                        true,
-                    )
+                    .mark_retry(item, Some(&error), now_ms() + wait.as_millis() as i64, true)
                     .await?;
                 warn!(
                     event = "retry",

@@ -28,7 +28,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tar::EntryType;
 
-use super::decode::DecodeError;
+use super::error::DecodeError;
 use crate::storage::{safe_component, sync_dir};
 
 /// The manifest every archive carries.

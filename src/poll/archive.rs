@@ -37,35 +37,16 @@ use crate::api::models::{ArchiveItem, raw_identity};
 use crate::config::ArchiveSettings;
 use crate::download::plan::plan_archive;
 use crate::health::Health;
-use crate::state::{Cursor, NewItem, Source, Store, now_ms};
+use crate::model::{Cursor, NewItem, Source, now_ms};
+use crate::state::Store;
+use crate::state::prelude::*;
 
-pub const CURSOR: &str = "archive";
+pub use crate::model::ARCHIVE_CURSOR as CURSOR;
 const ENDPOINT: &str = "/v2/archive";
 /// Paging guard for the periodic check (a third-party client settled on 20 pages of 100).
 pub const MAX_PAGES: u32 = 20;
 
-/// Today's date in Japan, where archive days begin and end.
-pub fn jst_today() -> Date {
-    OffsetDateTime::now_utc()
-        .to_offset(time::macros::offset!(+9))
-        .date()
-}
-
-/// Midnight JST of `date` as unix ms: how an archive's date is stored (`received_ms`).
-pub fn date_ms(date: Date) -> i64 {
-    let t = date.midnight().assume_offset(time::macros::offset!(+9));
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-/// The JST date of unix ms `ms` (the inverse of [`date_ms`]).
-pub fn ms_date(ms: i64) -> Option<Date> {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
-    Some(t.to_offset(time::macros::offset!(+9)).date())
-}
-
-pub fn fmt_date(d: Date) -> String {
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
-}
+pub use crate::model::time::{date_ms, fmt_date, jst_today, ms_date};
 
 /// The earliest day any archive covers (earthquake, volcano, weather warnings and scheduled
 /// telegrams are "all stored" from 2020-11-18 12:00 JST).
@@ -332,6 +313,7 @@ impl ArchivePoller {
 
     /// One check: list what is new since the horizon and queue it, for all the configured
     /// classifications.
+    #[tracing::instrument(name = "poll", skip_all, fields(source = "archive"))]
     pub async fn check_once(&self) -> Result<CheckReport, PollError> {
         self.check(&self.settings.classifications).await
     }
@@ -547,7 +529,7 @@ impl ArchivePoller {
                 wait.as_secs() / 60
             );
         }
-        metrics::counter!("jma_poller_polls_total", "source" => "archive", "result" => "no_contract")
+        metrics::counter!(crate::metric::POLLS, "source" => "archive", "result" => "no_contract")
             .increment(1);
         self.health.contract_refused(&unit, &message);
         let logged = match refused.get(classification) {
@@ -611,13 +593,13 @@ impl ArchivePoller {
             match &result {
                 Ok(report) => {
                     self.health.poll_succeeded("archive");
-                    metrics::counter!("jma_poller_polls_total", "source" => "archive", "result" => "ok").increment(1);
-                    metrics::counter!("jma_poller_items_listed_total", "source" => "archive")
+                    metrics::counter!(crate::metric::POLLS, "source" => "archive", "result" => "ok").increment(1);
+                    metrics::counter!(crate::metric::ITEMS_LISTED, "source" => "archive")
                         .increment((report.new + report.refused) as u64);
                 }
                 Err(e) => {
                     self.health.poll_failed(&e.to_string());
-                    metrics::counter!("jma_poller_polls_total", "source" => "archive", "result" => "error").increment(1);
+                    metrics::counter!(crate::metric::POLLS, "source" => "archive", "result" => "error").increment(1);
                 }
             }
             let wait = match result {

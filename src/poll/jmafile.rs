@@ -51,7 +51,9 @@ use crate::api::{ApiError, Client};
 use crate::config::JmaFileSettings;
 use crate::download::plan::plan_jmafile;
 use crate::health::Health;
-use crate::state::{Cursor, NewItem, Source, Store, StoreError, now_ms};
+use crate::model::{Cursor, NewItem, Source, now_ms};
+use crate::state::prelude::*;
+use crate::state::{Store, StoreError};
 
 /// The cursor of the stream without `type` (the only one before streams existed).
 pub const CURSOR: &str = super::streams::ALL;
@@ -348,6 +350,7 @@ impl JmaFilePoller {
 
     /// One step: one list call, then its items and the new cursor state in one transaction.
     /// The network half is safe to cancel (nothing is written before the response is in).
+    #[tracing::instrument(name = "poll", skip_all, fields(source = "jmafile", stream = %self.stream.name))]
     pub async fn poll_once(&self) -> Result<PollReport, PollError> {
         let name = self.stream.name.as_str();
         let now = OffsetDateTime::now_utc();
@@ -681,11 +684,11 @@ impl JmaFilePoller {
                 Ok(_) => {
                     self.health.poll_succeeded("jmafile");
                     self.health.stream_succeeded(&name);
-                    metrics::counter!("jma_poller_polls_total", "source" => "jmafile", "result" => "ok").increment(1);
+                    metrics::counter!(crate::metric::POLLS, "source" => "jmafile", "result" => "ok").increment(1);
                 }
                 Err(e) => {
                     self.health.poll_failed(&e.to_string());
-                    metrics::counter!("jma_poller_polls_total", "source" => "jmafile", "result" => "error").increment(1);
+                    metrics::counter!(crate::metric::POLLS, "source" => "jmafile", "result" => "error").increment(1);
                 }
             }
             if !matches!(result, Err(PollError::Refused { .. })) {
@@ -754,7 +757,7 @@ impl JmaFilePoller {
 
     /// Logs a successful step; true when a backlog page should follow at once.
     fn report(&self, report: &PollReport, failures: &mut FailureLog, started: Instant) -> bool {
-        metrics::counter!("jma_poller_items_listed_total", "source" => "jmafile")
+        metrics::counter!(crate::metric::ITEMS_LISTED, "source" => "jmafile")
             .increment((report.new + report.refused) as u64);
         let recovered = failures.recovered();
         if recovered > 0 {

@@ -12,7 +12,7 @@ use std::time::Duration;
 /// again: a contract can be added at any time, and asking more often would only add load.
 pub const NO_CONTRACT_RETRY: Duration = Duration::from_secs(15 * 60);
 
-use crate::state::{NewItem, Source, now_ms};
+use crate::model::{NewItem, Source, now_ms};
 
 /// A list entry that did not parse but has an id: recorded as failed with the reason, so it is
 /// visible in `status` and never fetched. Its fields are whatever could be read.
@@ -71,40 +71,7 @@ impl Pacer {
     }
 }
 
-/// Logs a failing task once per change of state instead of once per attempt, with a reminder
-/// every `REMIND` while it lasts, so a long outage does not flood the log.
-#[derive(Debug, Default)]
-pub struct FailureLog {
-    pub consecutive: u32,
-    last_kind: Option<String>,
-    last_logged: Option<tokio::time::Instant>,
-}
-
-const REMIND: Duration = Duration::from_secs(600);
-
-impl FailureLog {
-    /// Counts a failure; true when it should be logged at warn/error level.
-    pub fn failed(&mut self, kind: &str) -> bool {
-        self.consecutive += 1;
-        let now = tokio::time::Instant::now();
-        let changed = self.last_kind.as_deref() != Some(kind);
-        let due = self.last_logged.is_none_or(|t| now - t >= REMIND);
-        self.last_kind = Some(kind.to_owned());
-        if changed || due {
-            self.last_logged = Some(now);
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Clears the failure state; returns how many failures preceded this success.
-    pub fn recovered(&mut self) -> u32 {
-        let n = self.consecutive;
-        *self = FailureLog::default();
-        n
-    }
-}
+pub use crate::worker::FailureLog;
 
 #[cfg(test)]
 mod tests {
@@ -139,20 +106,5 @@ mod tests {
         let t = tokio::time::Instant::now();
         pacer.wait().await;
         assert_eq!(t.elapsed(), Duration::ZERO);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_are_logged_on_change_and_reminded_every_ten_minutes() {
-        let mut log = FailureLog::default();
-        assert!(log.failed("api"), "the first failure is logged");
-        for _ in 0..100 {
-            tokio::time::advance(Duration::from_secs(5)).await;
-            assert!(!log.failed("api"), "repeats within 10 minutes are not");
-        }
-        tokio::time::advance(Duration::from_secs(100)).await;
-        assert!(log.failed("api"), "a reminder after 10 minutes");
-        assert!(log.failed("auth"), "a different failure is logged at once");
-        assert_eq!(log.recovered(), 103);
-        assert!(log.failed("auth"), "after recovery, a failure is new again");
     }
 }

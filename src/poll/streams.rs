@@ -18,7 +18,9 @@
 use std::collections::BTreeSet;
 
 use crate::catalog::{Catalog, EntryKind};
-use crate::state::{Store, StoreError, TypeMatch};
+use crate::model::TypeMatch;
+use crate::state::prelude::*;
+use crate::state::{Store, StoreError};
 
 /// The name of the stream without `type` (also the cursor name of versions before streams).
 pub const ALL: &str = "jmafile";
@@ -338,7 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn prepare_adopts_an_old_cursor_for_the_same_types_and_retires_the_rest() {
-        use crate::state::Cursor;
+        use crate::model::Cursor;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.sqlite")).await.unwrap();
         let cursor = |types: &[&str]| Cursor {

@@ -473,7 +473,7 @@ impl Sim {
     /// Archives for the last `days` JST days (not today: a day is archived after it ends)
     /// for each classification.
     pub fn add_archive_days(&self, classifications: &[&str], days: u32) -> Vec<SimArchive> {
-        let today = crate::poll::archive::jst_today();
+        let today = crate::model::time::jst_today();
         let mut out = Vec::new();
         for d in (1..=days as i64).rev() {
             for c in classifications {

@@ -2,6 +2,7 @@
 //! records), integrity from the data rather than `fileSize`, `dataCount`, retries, kill -9
 //! mid-unpack, the `backfill` command, and jmafile going first.
 
+use jma_poller::state::prelude::*;
 use std::time::{Duration, Instant};
 
 use jma_poller::poll::archive::jst_today;

@@ -1,6 +1,7 @@
 //! The real binary as an operator runs it: configuration errors, a refused key, signals,
 //! `status` and `check-config`.
 
+use jma_poller::state::prelude::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

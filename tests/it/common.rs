@@ -217,6 +217,19 @@ impl Daemon {
         Daemon { cancel, handle }
     }
 
+    /// Builds the daemon serving `/healthz`, `/readyz` and `/metrics` on a port the system
+    /// picks, starts it, and returns the address it really listens on.
+    pub async fn serve(mut settings: Settings) -> (Daemon, std::net::SocketAddr) {
+        settings.server.listen = Some("127.0.0.1:0".parse().unwrap());
+        let app = jma_poller::app::Application::build(settings)
+            .await
+            .expect("the daemon builds");
+        let addr = app.local_addr().expect("server.listen is set");
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(cancel.clone()));
+        (Daemon { cancel, handle }, addr)
+    }
+
     pub async fn stop(self) {
         self.cancel.cancel();
         let r = tokio::time::timeout(Duration::from_secs(10), self.handle)

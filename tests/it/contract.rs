@@ -177,13 +177,12 @@ async fn a_contract_withdrawn_mid_run_fails_readyz_and_archives_go_on() {
     let sim = sim(200).await;
     let first: Vec<_> = (0..2).map(|_| sim.add(ItemSpec::default())).collect();
     let env = Env::new();
-    let port = free_port();
     let mut settings = env.settings(&sim);
     settings.archive.enabled = true;
     settings.archive.check_interval = Duration::from_secs(1);
     settings.archive.classifications = vec!["telegram.earthquake".into()];
-    settings.server.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
-    let daemon = Daemon::start(settings);
+    let (daemon, addr) = Daemon::serve(settings).await;
+    let port = addr.port();
     wait_until(Duration::from_secs(20), "first items land", || async {
         all_landed(&env.data_dir, &first)
     })

@@ -2,6 +2,7 @@
 //! landed exactly once with the right bytes, no temp files remain, no item that was done was
 //! fetched again, and `status` agrees with the disk.
 
+use jma_poller::state::prelude::*;
 use std::process::Command;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Upstream faults: retried with backoff, never stored corrupt; permanent errors fail the item
 //! with its reason; malformed responses never stop the daemon.
 
+use jma_poller::state::prelude::*;
 use std::collections::VecDeque;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Hostile input: names that try to escape the data dir, and items whose url points at a host
 //! that must never see the key.
 
+use jma_poller::state::prelude::*;
 use std::time::Duration;
 
 use jma_poller::sim::{ItemSpec, Kind};

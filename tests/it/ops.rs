@@ -2,6 +2,7 @@
 //! over HTTP, `healthcheck`, retention, the low-disk guard on a real small filesystem, the
 //! post-download hook, `sockets`, and journald priorities.
 
+use jma_poller::state::prelude::*;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -117,12 +118,10 @@ async fn metrics_move_as_items_land_and_readyz_turns_unready_when_polls_fail() {
             })
         })
         .collect();
-    let port = free_port();
     let mut settings = env.settings(&sim);
-    settings.server.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
     settings.server.ready_staleness = Duration::from_secs(3);
-    let base = format!("http://127.0.0.1:{port}");
-    let daemon = Daemon::start(settings);
+    let (daemon, addr) = Daemon::serve(settings).await;
+    let (base, port) = (format!("http://{addr}"), addr.port());
     wait_until(Duration::from_secs(15), "items land", || async {
         all_landed(&env.data_dir, &items)
     })

@@ -3,6 +3,7 @@
 //! `download.refetch_delay` after its previous request, whatever queued it again; a same-id
 //! block waits `download.same_id_backoff` for that id alone, across restarts too.
 
+use jma_poller::state::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 

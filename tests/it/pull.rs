@@ -1,6 +1,7 @@
 //! JmaFile PuLL: items land once with the right bytes, the interval is honoured, backlogs and
 //! expired cursors lose nothing.
 
+use jma_poller::state::prelude::*;
 use std::time::{Duration, Instant};
 
 use jma_poller::sim::{BacklogOrder, ItemSpec, Kind};

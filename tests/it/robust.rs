@@ -1,6 +1,7 @@
 //! Robustness: a soak under every fault at once with kill -9, a full disk, database trouble,
 //! wall-clock jumps, and peers that hang.
 
+use jma_poller::state::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -583,7 +584,7 @@ async fn a_wall_clock_that_went_back_neither_stalls_the_poller_nor_the_queue() {
         .unwrap()
         .expect("the retry exists");
     store
-        .mark_retry(claimed.seq, None, now_ms() + 86_400_000, false)
+        .mark_retry(&claimed, None, now_ms() + 86_400_000, false)
         .await
         .unwrap();
     store.close().await;

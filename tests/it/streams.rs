@@ -2,6 +2,7 @@
 //! shared list-rate cap, cursor recovery whatever the 400 says, and the tolerance of list
 //! entries the docs allow — against the simulator over real HTTP with a real SQLite file.
 
+use jma_poller::state::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 

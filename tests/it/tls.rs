@@ -4,6 +4,7 @@
 //! ALPN; the daemon trusts the root through `api.ca_file` or `SSL_CERT_FILE`, through an
 //! `HTTPS_PROXY` too, and says clearly what to set when it does not trust the certificate.
 
+use jma_poller::state::prelude::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

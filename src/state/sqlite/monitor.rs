@@ -1,4 +1,5 @@
-//! What monitoring and `jma-poller verify` read and write: per-classification freshness (kept by
+//! What monitoring and `jma-poller verify` read and write (SQLite; still inherent methods of the
+//! backend, not yet a trait of the store seam): per-classification freshness (kept by
 //! a trigger, see migration 4), and the size and SHA-256 of every landed file.
 //!
 //! Every query here is either a read of a small table (`freshness`), a page of items by seq,
@@ -10,7 +11,8 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::SqliteStore as Store;
+use crate::state::StoreError;
 
 /// One file a landed item wrote. `name` is its path inside the item's folder, or `""` when
 /// the item is that one file.
