@@ -55,19 +55,35 @@ async fn systemd_notify_ready_status_watchdog_and_stopping_arrive_on_a_real_sock
     let mut seen: Vec<String> = Vec::new();
     let mut buf = [0u8; 4096];
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) || !all_landed(&env.data_dir, &items) {
+    // Pings are counted from READY=1 on: how long the start takes depends on the machine's
+    // load, and is not what this checks.
+    let mut ready_at: Option<Instant> = None;
+    let mut pings_after_ready: Vec<Instant> = Vec::new();
+    while pings_after_ready.len() < 4 || !all_landed(&env.data_dir, &items) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "timed out; seen {seen:?}"
         );
         if let Ok(n) = sock.recv(&mut buf) {
-            seen.extend(
-                String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .map(str::to_owned),
-            );
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                if line == "READY=1" {
+                    ready_at.get_or_insert_with(Instant::now);
+                }
+                if line == "WATCHDOG=1" && ready_at.is_some() {
+                    pings_after_ready.push(Instant::now());
+                }
+                seen.push(line.to_owned());
+            }
         }
     }
+    // Every 0.5 s (half of WATCHDOG_USEC); 4 of them within 4 s of READY leaves room for a
+    // loaded machine while a missing ping loop could never pass.
+    let ready_at = ready_at.expect("READY=1");
+    assert!(
+        pings_after_ready[3].duration_since(ready_at) < Duration::from_secs(4),
+        "4 pings took {:?} after READY: {seen:?}",
+        pings_after_ready[3].duration_since(ready_at)
+    );
     let status = child.stop("-TERM", STOP_LIMIT).await;
     while let Ok(n) = sock.recv(&mut buf) {
         seen.extend(
