@@ -345,14 +345,19 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                     Failure::from((2, format!("--source {s:?}: use jmafile or archive")))
                 })?),
             };
-            let path = settings.storage.database_path();
-            if !path.exists() {
+            let target = settings
+                .storage
+                .database_target()
+                .map_err(|e| Failure::from((2, e)))?;
+            if let Some(path) = target.sqlite_path()
+                && !path.exists()
+            {
                 return Err(Failure::from((
                     1,
                     format!("no database at {}", path.display()),
                 )));
             }
-            let store = Store::open(&path)
+            let store = Store::open(&target)
                 .await
                 .map_err(|e| Failure::from((1, e)))?;
             let (queued, left) = store
@@ -445,19 +450,24 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
 /// `jma-poller verify`: runs both passes, prints the findings (or the JSON report) and the
 /// summary line; exit [`crate::verify::EXIT_DAMAGED`] when anything was found.
 async fn verify(settings: &Settings, repair: bool, json: bool) -> Result<(), Failure> {
-    let path = settings.storage.database_path();
-    if !path.exists() {
+    let target = settings
+        .storage
+        .database_target()
+        .map_err(|e| Failure::from((2, e)))?;
+    if let Some(path) = target.sqlite_path()
+        && !path.exists()
+    {
         return Err(Failure::from((
             1,
             format!("no database at {} (storage.database)", path.display()),
         )));
     }
-    let store = Store::open(&path)
+    let store = Store::open(&target)
         .await
         .map_err(|e| Failure::from((1, e)))?;
     let opts = crate::verify::Options {
         data_dir: settings.storage.data_dir.clone(),
-        database: path,
+        database: PathBuf::from(target.shown()),
         repair,
         progress: true,
     };
@@ -672,7 +682,11 @@ async fn healthcheck(settings: &Settings) -> Result<(), Failure> {
         }
         return Err(Failure::from((1, format!("{url}: {}", body.trim()))));
     }
-    let store = Store::open_read_only(&settings.storage.database_path())
+    let target = settings
+        .storage
+        .database_target()
+        .map_err(|e| Failure::from((2, e)))?;
+    let store = Store::open_read_only(&target)
         .await
         .map_err(|e| Failure::from((1, e)))?;
     let report = store.status().await.map_err(|e| Failure::from((1, e)))?;
@@ -836,8 +850,11 @@ fn ago(ms: Option<i64>) -> String {
 }
 
 async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
-    let path = settings.storage.database_path();
-    let store = Store::open_read_only(&path)
+    let target = settings
+        .storage
+        .database_target()
+        .map_err(|e| Failure::from((2, e)))?;
+    let store = Store::open_read_only(&target)
         .await
         .map_err(|e| Failure::from((1, e)))?;
     let report = store.status().await.map_err(|e| Failure::from((1, e)))?;
@@ -860,7 +877,7 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         println!("{text}");
         return Ok(());
     }
-    println!("database: {}", path.display());
+    println!("database: {}", target.shown());
     if report.cursors.is_empty() {
         println!("cursor:   none yet (the daemon has not completed a poll)");
     }

@@ -49,5 +49,6 @@ pub mod state;
 pub mod status_page;
 pub mod storage;
 pub mod telemetry;
+pub mod testing;
 pub mod verify;
 pub mod worker;

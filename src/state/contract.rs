@@ -417,3 +417,8 @@ async fn counts_follow_transitions<S: StateStore>(store: S) {
     store.ping().await.unwrap();
     store.close().await;
 }
+
+/// A jmafile item received now, for backends' own tests.
+pub(crate) fn sample_item(id: &str) -> NewItem {
+    item(Source::Jmafile, id, now_ms())
+}

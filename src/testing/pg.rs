@@ -1,0 +1,231 @@
+//! A throwaway PostgreSQL server for tests, from the distribution's binaries: `initdb` in a
+//! temp dir, `pg_ctl start` on a free port of 127.0.0.1 (socket in the same dir), one database
+//! per test, `pg_ctl stop -m immediate` when dropped.
+//!
+//! `initdb` refuses to run as root, and CI runs as root: then the server runs as `nobody` (the
+//! temp dir handed to it), through `runuser`.
+//!
+//! Where the binaries are missing, [`PgServer::start`] prints one line saying why and returns
+//! `None`, and the test returns; under CI (`CI` set) that is a failure instead, since `.ci/run`
+//! installs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sqlx::Connection;
+
+use crate::state::postgres::PgTarget;
+
+/// A running server, stopped (immediately) and deleted when dropped.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    /// The user the server runs as when we are root.
+    user: Option<String>,
+}
+
+/// Where `initdb` and `pg_ctl` are: on PATH, or Debian's versioned directory (newest first).
+fn find_binaries() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .collect();
+    debian.sort_by_key(|p| {
+        std::cmp::Reverse(
+            p.parent()
+                .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+                .unwrap_or(0),
+        )
+    });
+    on_path
+        .chain(debian)
+        .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+        .map(|dir| std::fs::canonicalize(dir.join("initdb")).map_or(dir, |p| p.with_file_name("")))
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A port nobody listens on right now (the server may lose a race for it: start retries).
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl PgServer {
+    /// Starts a server, or says why it cannot (see the module doc).
+    pub fn start() -> Option<PgServer> {
+        let Some(bin) = find_binaries() else {
+            let why = "skipping: PostgreSQL binaries (initdb, pg_ctl) not found; \
+                       apt-get install postgresql";
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run the PostgreSQL tests: {why}"
+            );
+            println!("{why}");
+            return None;
+        };
+        let user = is_root().then(|| "nobody".to_owned());
+        let dir = tempfile::Builder::new()
+            .prefix("jma-pg-")
+            .tempdir()
+            .expect("temp dir for PostgreSQL");
+        let server = PgServer {
+            dir,
+            bin,
+            port: 0,
+            user,
+        };
+        server.hand_over(server.dir.path());
+        server.initdb();
+        let mut server = server;
+        let mut last = String::new();
+        for _ in 0..5 {
+            server.port = free_port().expect("a free port");
+            match server.pg_ctl_start() {
+                Ok(()) => return Some(server),
+                Err(e) => last = e,
+            }
+        }
+        panic!("PostgreSQL did not start: {last}");
+    }
+
+    /// Gives `path` to the server's user (when we are root).
+    fn hand_over(&self, path: &Path) {
+        if self.user.is_none() {
+            return;
+        }
+        let status = Command::new("chown")
+            .args([
+                "-R",
+                "nobody:",
+                path.to_str().expect("temp paths are UTF-8"),
+            ])
+            .status()
+            .expect("chown runs");
+        assert!(status.success(), "chown nobody {}", path.display());
+    }
+
+    /// A command running `tool` as the server's user.
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        match &self.user {
+            None => Command::new(exe),
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(exe);
+                c
+            }
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn initdb(&self) {
+        let out = self
+            .command("initdb")
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .arg("-D")
+            .arg(self.data())
+            .stdin(Stdio::null())
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), String> {
+        // fsync off: the tests kill the daemon, not the machine; a killed server (stop -m
+        // immediate) still finds every commit in the OS's cache.
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-o", &opts, "-w", "-t", "60", "-l"])
+            .arg(self.dir.path().join("server.log"))
+            .arg("start")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("pg_ctl: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        Err(format!(
+            "{}{}{log}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn stop_immediately(&self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL of database `db` on this server.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// A new, empty database; returns its URL.
+    pub async fn create_database(&self) -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        let mut admin = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("connect to the test server");
+        // `name` is ours (t0, t1, …), never input.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create a test database");
+        admin.close().await.ok();
+        self.url(&name)
+    }
+
+    /// A new, empty database, as a store target.
+    pub async fn target(&self) -> PgTarget {
+        PgTarget::parse(&self.create_database().await, None).expect("test URL parses")
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop_immediately();
+    }
+}
