@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgPool, Row};
 
 use super::prelude::*;
 use super::{
@@ -260,6 +260,13 @@ async fn connect(target: &PgTarget, max: u32, read_only: bool) -> Result<PgPool,
     if read_only {
         options = options.options([("default_transaction_read_only", "on")]);
     }
+    // One connection first: the pool reports only "timed out" when the server cannot be
+    // reached, this says why (refused, no such host, TLS, password).
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| open_error(target, sqlx::Error::PoolTimedOut))?
+        .map_err(|e| open_error(target, e))?;
+    probe.close().await.map_err(|e| open_error(target, e))?;
     pool_options(max)
         .connect_with(options)
         .await
