@@ -117,7 +117,8 @@ impl Default for ApiSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` by hand: `database` may be a URL with a password, shown as `***`.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// Root of the mirror; also holds `.tmp/` for partial files (same filesystem, so the final
@@ -150,6 +151,18 @@ impl Default for StorageSettings {
             retention: None,
             min_free: ByteSize::mib(256),
         }
+    }
+}
+
+impl fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database_shown())
+            .field("database_password_file", &self.database_password_file)
+            .field("retention", &self.retention)
+            .field("min_free", &self.min_free)
+            .finish()
     }
 }
 
@@ -974,6 +987,73 @@ mod tests {
         assert_eq!(s.api_key().unwrap().expose(), "sekrit-key-123");
         assert!(!format!("{s:?}").contains("sekrit"));
         assert!(!s.to_toml().contains("sekrit"));
+    }
+
+    /// A path keeps SQLite; a postgres URL selects PostgreSQL, its password from the URL or
+    /// a file (trimmed), never shown by Debug or check-config; a malformed URL or two passwords
+    /// fail at load naming the setting.
+    #[test]
+    fn database_urls_select_postgres_and_their_password_never_shows() {
+        let s = load_from(
+            None,
+            env(&[("JMA_POLLER__STORAGE__DATABASE", "/x/s.sqlite")]),
+        )
+        .unwrap();
+        assert!(matches!(
+            s.storage.database_target().unwrap(),
+            DatabaseTarget::Sqlite(p) if p == Path::new("/x/s.sqlite")
+        ));
+        let url = "postgres://poller:sekrit-pw@db.example:6543/jma?sslmode=require";
+        let s = load_from(None, env(&[("JMA_POLLER__STORAGE__DATABASE", url)])).unwrap();
+        match s.storage.database_target().unwrap() {
+            DatabaseTarget::Postgres(t) => assert_eq!(t.server(), "db.example:6543"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{s:?}").contains("sekrit"), "{s:?}");
+        assert!(!s.to_toml().contains("sekrit"));
+        assert!(s.to_toml().contains("poller:***@db.example"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let p = file.to_str().unwrap();
+        let msg = err_of(load_from(
+            None,
+            env(&[
+                ("JMA_POLLER__STORAGE__DATABASE", url),
+                ("JMA_POLLER__STORAGE__DATABASE_PASSWORD_FILE", p),
+            ]),
+        ));
+        assert!(msg.contains("storage.database_password_file"), "{msg}");
+        let s = load_from(
+            None,
+            env(&[
+                (
+                    "JMA_POLLER__STORAGE__DATABASE",
+                    "postgresql://poller@db/jma",
+                ),
+                ("JMA_POLLER__STORAGE__DATABASE_PASSWORD_FILE", p),
+            ]),
+        )
+        .unwrap();
+        let target = s.storage.database_target().unwrap();
+        assert!(!format!("{target:?}").contains("from-file"));
+        std::fs::write(&file, "\n").unwrap();
+        let msg = s.storage.database_target().unwrap_err().to_string();
+        assert!(msg.contains("storage.database_password_file"), "{msg}");
+
+        for bad in [
+            "postgres://",
+            "mysql://u@h/db",
+            "postgres://u:pw@h/db?sslmode=maybe",
+        ] {
+            let msg = err_of(load_from(
+                None,
+                env(&[("JMA_POLLER__STORAGE__DATABASE", bad)]),
+            ));
+            assert!(msg.starts_with("storage.database:"), "{bad}: {msg}");
+            assert!(!msg.contains(":pw@"), "{bad}: {msg}");
+        }
     }
 
     #[test]
