@@ -60,9 +60,21 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// The role that must give a password (scram-sha-256); every other role is trusted.
+pub const PASSWORD_ROLE: &str = "pwuser";
+
 impl PgServer {
     /// Starts a server, or says why it cannot (see the module doc).
     pub fn start() -> Option<PgServer> {
+        PgServer::start_with(None)
+    }
+
+    /// Starts a server that also speaks TLS with this certificate and key (PEM).
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Option<PgServer> {
+        PgServer::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<PgServer> {
         let Some(bin) = find_binaries() else {
             let why = "skipping: PostgreSQL binaries (initdb, pg_ctl) not found; \
                        apt-get install postgresql";
@@ -86,11 +98,31 @@ impl PgServer {
         };
         server.hand_over(server.dir.path());
         server.initdb();
+        server.write_hba();
+        let mut extra = String::new();
+        if let Some((cert, key)) = tls {
+            let (c, k) = (
+                server.dir.path().join("server.crt"),
+                server.dir.path().join("server.key"),
+            );
+            std::fs::write(&c, cert).expect("write the server certificate");
+            std::fs::write(&k, key).expect("write the server key");
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("key mode");
+            server.hand_over(&c);
+            server.hand_over(&k);
+            extra = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                c.display(),
+                k.display()
+            );
+        }
         let mut server = server;
         let mut last = String::new();
         for _ in 0..5 {
             server.port = free_port().expect("a free port");
-            match server.pg_ctl_start() {
+            match server.pg_ctl_start(&extra) {
                 Ok(()) => return Some(server),
                 Err(e) => last = e,
             }
@@ -148,11 +180,21 @@ impl PgServer {
         );
     }
 
-    fn pg_ctl_start(&self) -> Result<(), String> {
+    /// Trust for everyone but [`PASSWORD_ROLE`], which must give its password.
+    fn write_hba(&self) {
+        let hba = format!(
+            "local all all trust\n\
+             host all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n\
+             host all all 127.0.0.1/32 trust\n"
+        );
+        std::fs::write(self.data().join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+    }
+
+    fn pg_ctl_start(&self, extra: &str) -> Result<(), String> {
         // fsync off: the tests kill the daemon, not the machine; a killed server (stop -m
         // immediate) still finds every commit in the OS's cache.
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200{extra}",
             self.port,
             self.dir.path().display()
         );
@@ -216,6 +258,32 @@ impl PgServer {
             .expect("create a test database");
         admin.close().await.ok();
         self.url(&name)
+    }
+
+    /// Creates [`PASSWORD_ROLE`] with `password`, owner of a new database; returns that
+    /// database's URL without the password.
+    pub async fn create_password_role(&self, password: &str) -> String {
+        let url = self.create_database().await;
+        let db = url
+            .rsplit('/')
+            .next()
+            .and_then(|tail| tail.split('?').next())
+            .expect("test URL has a database")
+            .to_owned();
+        let mut admin = sqlx::PgConnection::connect(&self.url("postgres"))
+            .await
+            .expect("connect to the test server");
+        // Both names are ours and the password a test's constant, never input.
+        let sql = format!(
+            "CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD '{}'; ALTER DATABASE {db} OWNER TO {PASSWORD_ROLE}",
+            password.replace('\'', "''")
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .expect("create the password role");
+        admin.close().await.ok();
+        url.replace("postgres@", &format!("{PASSWORD_ROLE}@"))
     }
 
     /// A new, empty database, as a store target.

@@ -215,3 +215,79 @@ async fn digests_freshness_and_landings_follow_a_landing() {
     assert_eq!(store.integrity_check().await.unwrap(), "ok");
     store.close().await;
 }
+
+/// A role that must give its password: connects with the password from a file (passed as
+/// the settings pass it), fails without, and the error names the server, never the password.
+#[tokio::test]
+async fn the_password_from_a_file_is_sent_and_a_wrong_one_is_refused_without_showing_it() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let url = server.create_password_role("s3cret-pw").await;
+    let store = PgStore::open(&PgTarget::parse(&url, Some("s3cret-pw")).unwrap())
+        .await
+        .unwrap();
+    store.ping().await.unwrap();
+    store.close().await;
+    let err = PgStore::open(&PgTarget::parse(&url, Some("wrong-pw")).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{}", server.port())),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrong-pw") && !err.contains("s3cret"),
+        "{err}"
+    );
+}
+
+/// TLS through rustls: `sslmode=verify-full` with `sslrootcert` trusts the test CA and the
+/// session is encrypted; without the root, the server's certificate is refused.
+#[tokio::test]
+async fn tls_with_sslrootcert_verifies_the_server() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "test db CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let root = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &root)
+        .unwrap();
+    let Some(server) = PgServer::start_with_tls(&leaf.pem(), &leaf_key.serialize_pem()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("db-ca.pem");
+    std::fs::write(&ca_file, root.pem()).unwrap();
+    let plain = server.create_database().await;
+    let url = plain.replace(
+        "sslmode=disable",
+        &format!("sslmode=verify-full&sslrootcert={}", ca_file.display()),
+    );
+    let store = PgStore::open(&PgTarget::parse(&url, None).unwrap())
+        .await
+        .unwrap();
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert!(encrypted, "the session is TLS");
+    store.close().await;
+    // Without the root the certificate is not trusted (the system store does not know it).
+    let untrusted = plain.replace("sslmode=disable", "sslmode=verify-full");
+    let err = PgStore::open(&PgTarget::parse(&untrusted, None).unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+}
