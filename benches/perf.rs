@@ -1638,7 +1638,7 @@ async fn db_poll_work(db: &Path) -> (f64, f64) {
             .unwrap_or_default();
         let now = unix_ms(SystemTime::now()) as i64;
         store
-            .commit_poll("jmafile", &cursor, &[], now)
+            .commit_poll("jmafile", &cursor, &[], now, None)
             .await
             .expect("commit");
         empty.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -1674,7 +1674,7 @@ async fn db_poll_work(db: &Path) -> (f64, f64) {
             .expect("cursor")
             .unwrap_or_default();
         store
-            .commit_poll("jmafile", &cursor, &items, now)
+            .commit_poll("jmafile", &cursor, &items, now, None)
             .await
             .expect("commit");
         ten.push(t.elapsed().as_secs_f64() * 1000.0);

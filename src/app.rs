@@ -105,6 +105,10 @@ pub async fn client(
                 .map(|t| Duration::from_millis((now - t).max(0) as u64)),
         );
     }
+    // The limits are the account's: every node books its requests in the shared store.
+    let ledger: Arc<dyn crate::api::budget::Ledger> = Arc::new(store.clone());
+    client.data_budget().share(ledger.clone());
+    client.api_budget().share(ledger);
     Ok(Arc::new(client))
 }
 

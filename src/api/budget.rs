@@ -8,12 +8,59 @@
 //!   so a backlog is spread over the window instead of arriving as one burst.
 //!
 //! A grant is a [`Permit`]: dropping it unused (no request was sent) gives the slot back.
+//!
+//! The limits are the account's, not one process's: with a [`Ledger`] shared (the state
+//! store's request ledger, which every node of a cluster books in), a local grant is only good
+//! once the ledger also has room, so N nodes together never exceed the window. A booking is
+//! never given back (a permit dropped unused after booking costs one slot of the window): the
+//! ledger errs on the side of fewer requests.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::warn;
+
+use crate::model::now_ms;
+use crate::state::ClusterStore;
+
+/// Bookings every node of the account sees.
+pub trait Ledger: std::fmt::Debug + Send + Sync + 'static {
+    /// Books one request on `budget` if fewer than `limit` were booked in the last `window`;
+    /// otherwise says when (unix ms) to ask again.
+    fn book<'a>(
+        &'a self,
+        budget: &'a str,
+        window: Duration,
+        limit: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<i64>, String>> + Send + 'a>>;
+}
+
+impl<S: ClusterStore + std::fmt::Debug + Send + Sync + 'static> Ledger for S {
+    fn book<'a>(
+        &'a self,
+        budget: &'a str,
+        window: Duration,
+        limit: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<i64>, String>> + Send + 'a>> {
+        Box::pin(async move {
+            self.book_request(
+                budget,
+                now_ms(),
+                window.as_millis() as i64,
+                i64::from(limit),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// How long to wait before booking again after the ledger could not be reached.
+const LEDGER_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct Limit {
@@ -41,6 +88,10 @@ pub struct Budget {
     name: &'static str,
     limit: Option<Limit>,
     state: Mutex<State>,
+    /// The account-wide bookings, once the state store is open.
+    ledger: OnceLock<Arc<dyn Ledger>>,
+    /// The ledger could not be reached last time (its error is logged once, not every retry).
+    ledger_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Budget {
@@ -69,7 +120,14 @@ impl Budget {
                 paused_until: None,
                 granted_total: 0,
             }),
+            ledger: OnceLock::new(),
+            ledger_failing: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Makes every grant also book in `ledger`, shared by all nodes of the account. Once only.
+    pub fn share(&self, ledger: Arc<dyn Ledger>) {
+        let _ = self.ledger.set(ledger);
     }
 
     pub fn name(&self) -> &'static str {
@@ -113,18 +171,66 @@ impl Budget {
         Ok(now)
     }
 
-    /// Waits until a request may be sent. Cancel-safe: dropping the future grants nothing.
+    /// Waits until a request may be sent. Cancel-safe: dropping the future grants nothing
+    /// here (a booking already made in the ledger stays booked).
     pub async fn acquire(&self) -> Permit<'_> {
         loop {
             match self.try_grant(Instant::now()) {
                 Ok(at) => {
-                    return Permit {
+                    let permit = Permit {
                         budget: self,
                         at,
                         sent: false,
                     };
+                    match self.book(&permit).await {
+                        None => return permit,
+                        // Dropping the permit gives the local grant back.
+                        Some(retry_at) => {
+                            drop(permit);
+                            tokio::time::sleep_until(retry_at).await;
+                        }
+                    }
                 }
                 Err(retry_at) => tokio::time::sleep_until(retry_at).await,
+            }
+        }
+    }
+
+    /// Books a local grant in the shared ledger: None when booked (or nothing is shared),
+    /// else when to try again.
+    async fn book(&self, _permit: &Permit<'_>) -> Option<Instant> {
+        let (Some(ledger), Some(l)) = (self.ledger.get(), self.limit) else {
+            return None;
+        };
+        let booked = ledger.book(self.name, l.window, l.requests).await;
+        let was_failing = self
+            .ledger_failing
+            .swap(booked.is_err(), std::sync::atomic::Ordering::Relaxed);
+        if was_failing && booked.is_ok() {
+            tracing::info!(
+                event = "budget_ledger_ok",
+                budget = self.name,
+                "the account's {} budget can be booked again",
+                self.name
+            );
+        }
+        match booked {
+            Ok(None) => None,
+            Ok(Some(free_ms)) => {
+                let wait = Duration::from_millis((free_ms - now_ms()).clamp(1, 3_600_000) as u64);
+                Some(Instant::now() + wait)
+            }
+            Err(_) if was_failing => Some(Instant::now() + LEDGER_RETRY),
+            Err(e) => {
+                warn!(
+                    event = "budget_ledger_error",
+                    budget = self.name,
+                    error = %e,
+                    "cannot book a request on the account's {} budget in the state store: {e}; no request goes out until it can (retrying every {}s)",
+                    self.name,
+                    LEDGER_RETRY.as_secs()
+                );
+                Some(Instant::now() + LEDGER_RETRY)
             }
         }
     }
@@ -280,5 +386,56 @@ mod tests {
         b.pause_until(Instant::now() + Duration::from_secs(7));
         assert_eq!(grant_times(&b, 1).await, vec![Duration::from_secs(7)]);
         assert_eq!(b.remaining(), None);
+    }
+
+    /// Two nodes' budgets on one store: each would grant 3 per window on its own, together
+    /// they grant 3, and the rest wait for the shared window to free.
+    #[tokio::test]
+    async fn nodes_sharing_a_ledger_keep_one_account_budget() {
+        use crate::model::NodeId;
+        use crate::state::StateStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::state::sqlite::SqliteStore::open(&dir.path().join("s.sqlite"))
+            .await
+            .unwrap();
+        // A 1-s window (2.02 s with the margin), 3 requests, no burst limit.
+        let window = Duration::from_secs(1);
+        let nodes: Vec<Arc<Budget>> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let b = Budget::new("data", 3, window, 3);
+                b.share(Arc::new(store.for_node(NodeId((*n).into()))));
+                Arc::new(b)
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for b in &nodes {
+            let b = b.clone();
+            tasks.spawn(async move {
+                let mut at = Vec::new();
+                for _ in 0..3 {
+                    b.acquire().await.sent();
+                    at.push(start.elapsed());
+                }
+                at
+            });
+        }
+        let mut times = Vec::new();
+        while let Some(t) = tasks.join_next().await {
+            times.extend(t.unwrap());
+        }
+        times.sort();
+        assert_eq!(times.len(), 6);
+        // Judged on the provider's window: the budget's margin is what absorbs the time a
+        // booking's commit takes before the request goes out.
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..].iter().take_while(|u| **u < *t + window).count();
+            assert!(
+                in_window <= 3,
+                "{in_window} grants in the window from {t:?}: {times:?}"
+            );
+        }
+        store.close().await;
     }
 }

@@ -247,6 +247,56 @@ impl std::fmt::Display for NodeId {
     }
 }
 
+/// A node's lease on one role of the cluster (`"jmafile"`, `"archive"`, `"retention"`): only its
+/// holder polls that source or runs that job. Every commit the role makes carries `fencing`, and
+/// the store refuses it once anyone else has taken the lease since (a paused or cut-off node
+/// wakes up to find its token stale), so leadership never rests on a process's memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    pub role: String,
+    pub node: NodeId,
+    /// Bumped every time the lease changes hands (or is taken again after running out).
+    pub fencing: i64,
+    /// When the lease runs out unless renewed (unix ms, the taker's clock).
+    pub until_ms: i64,
+}
+
+/// A role's current lease holder, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaderRow {
+    pub role: String,
+    pub node: String,
+    pub fencing: i64,
+    pub acquired_ms: i64,
+    pub renewed_ms: i64,
+    pub until_ms: i64,
+}
+
+/// A process registered as a node of the cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeRow {
+    pub node: String,
+    /// Random per process: two processes claiming one node id are told apart by it.
+    pub instance: String,
+    pub started_ms: i64,
+    pub seen_ms: i64,
+    pub until_ms: i64,
+    pub version: String,
+    pub pid: i64,
+    /// Items this node holds right now.
+    pub claims: i64,
+}
+
+/// Why a node could not register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeTaken {
+    /// The live process holding the id.
+    pub instance: String,
+    pub pid: i64,
+    pub seen_ms: i64,
+    pub until_ms: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -368,7 +368,7 @@ impl ArchivePoller {
         };
         let committed = self
             .store
-            .commit_poll(CURSOR, &cursor, &listing.items, now)
+            .commit_poll(CURSOR, &cursor, &listing.items, now, None)
             .await?;
         for (item, new) in listing.items.iter().zip(&committed.new) {
             if let (true, Some(reason)) = (*new, &item.refused) {

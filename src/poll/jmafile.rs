@@ -545,7 +545,7 @@ impl JmaFilePoller {
         cursor.last_poll_ms = Some(now);
         let committed = self
             .store
-            .commit_poll(&self.stream.name, &cursor, &items, now)
+            .commit_poll(&self.stream.name, &cursor, &items, now, None)
             .await?;
         for (item, new) in items.iter().zip(&committed.new) {
             if let (true, Some(reason)) = (*new, &item.refused) {

@@ -352,15 +352,15 @@ mod tests {
         };
         // An earlier version's single cursor, for one exact identifier.
         store
-            .commit_poll("jmafile", &cursor(&["FLA_GPV_Rjp_ANAL"]), &[], 1)
+            .commit_poll("jmafile", &cursor(&["FLA_GPV_Rjp_ANAL"]), &[], 1, None)
             .await
             .unwrap();
         store
-            .commit_poll("jmafile:OLD", &cursor(&["OLD"]), &[], 1)
+            .commit_poll("jmafile:OLD", &cursor(&["OLD"]), &[], 1, None)
             .await
             .unwrap();
         store
-            .commit_poll("archive", &cursor(&[]), &[], 1)
+            .commit_poll("archive", &cursor(&[]), &[], 1, None)
             .await
             .unwrap();
         let plan = p(&["FLA_GPV_Rjp_ANAL", "SRF_GPV"]);

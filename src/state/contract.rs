@@ -10,6 +10,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 
+use super::StoreError;
 use super::{StateCount, StateStore};
 use crate::model::plan::{Compression, Layout, Plan};
 use crate::model::{Claim, Cursor, HoldReason, LEASE, NewItem, NodeId, Source, now_ms};
@@ -64,6 +65,9 @@ where
     lease_expiry_lets_another_node_take_over(make().await).await;
     own_claims_come_back_at_once(make().await).await;
     counts_follow_transitions(make().await).await;
+    one_leader_per_role_and_stale_tokens_are_fenced(make().await).await;
+    a_live_node_id_is_not_taken_twice(make().await).await;
+    the_request_ledger_never_overbooks(make().await).await;
 }
 
 async fn exactly_once_claim<S: StateStore>(store: S) {
@@ -108,7 +112,7 @@ async fn idempotent_listing<S: StateStore>(store: S) {
         ..Cursor::default()
     };
     let first = store
-        .commit_poll("jmafile", &cursor, &list, now_ms())
+        .commit_poll("jmafile", &cursor, &list, now_ms(), None)
         .await
         .unwrap();
     assert_eq!((first.inserted, first.duplicates), (5, 0));
@@ -116,7 +120,7 @@ async fn idempotent_listing<S: StateStore>(store: S) {
     let mut again = list.clone();
     again.push(item(Source::Jmafile, "fresh", 2_000));
     let second = store
-        .commit_poll("jmafile", &cursor, &again, now_ms())
+        .commit_poll("jmafile", &cursor, &again, now_ms(), None)
         .await
         .unwrap();
     assert_eq!((second.inserted, second.duplicates), (1, 5));
@@ -154,7 +158,7 @@ async fn cursor_and_items_in_one_commit<S: StateStore>(store: S) {
     };
     let listed = items(3);
     store
-        .commit_poll("jmafile", &cursor, &listed, now_ms())
+        .commit_poll("jmafile", &cursor, &listed, now_ms(), None)
         .await
         .unwrap();
     assert_eq!(store.cursor("jmafile").await.unwrap(), Some(cursor.clone()));
@@ -177,13 +181,13 @@ async fn cursor_and_items_in_one_commit<S: StateStore>(store: S) {
     assert_eq!(status.cursors[0].last_error.as_deref(), Some("boom"));
     assert_eq!(status.cursors[0].types, vec!["VXSE53".to_owned()]);
     store
-        .commit_poll("jmafile", &cursor, &[], now_ms())
+        .commit_poll("jmafile", &cursor, &[], now_ms(), None)
         .await
         .unwrap();
     assert_eq!(store.status().await.unwrap().cursors[0].last_error, None);
     // Streams come and go by name.
     store
-        .commit_poll("jmafile:A", &cursor, &[], now_ms())
+        .commit_poll("jmafile:A", &cursor, &[], now_ms(), None)
         .await
         .unwrap();
     assert!(store.rename_cursor("jmafile:A", "jmafile:B").await.unwrap());
@@ -415,6 +419,203 @@ async fn counts_follow_transitions<S: StateStore>(store: S) {
     assert_eq!(store.next_hook_due_ms().await.unwrap(), None);
     assert_eq!(store.integrity_check().await.unwrap(), "ok");
     store.ping().await.unwrap();
+    store.close().await;
+}
+
+async fn one_leader_per_role_and_stale_tokens_are_fenced<S: StateStore>(store: S) {
+    let a = store.for_node(NodeId("a".into()));
+    let b = store.for_node(NodeId("b".into()));
+    let t = now_ms();
+    let lease = 15_000;
+    let la = a
+        .lead("jmafile", t, lease)
+        .await
+        .unwrap()
+        .expect("free role taken");
+    assert!(
+        b.lead("jmafile", t + 1, lease).await.unwrap().is_none(),
+        "held by a"
+    );
+    // Another role is independent.
+    let lb = b
+        .lead("archive", t, lease)
+        .await
+        .unwrap()
+        .expect("other role");
+    assert_ne!(lb.role, la.role);
+    // A renewal keeps the token.
+    let renewed = a.lead("jmafile", t + 5_000, lease).await.unwrap().unwrap();
+    assert_eq!(renewed.fencing, la.fencing);
+    // a's commits go through while it leads.
+    let cursor = Cursor {
+        token: Some("t1".into()),
+        ..Cursor::default()
+    };
+    a.commit_poll("jmafile", &cursor, &items(2), t, Some(&renewed))
+        .await
+        .unwrap();
+    // a stalls past its lease; b takes over with a new token.
+    let lb2 = b
+        .lead("jmafile", t + 5_000 + lease + 1, lease)
+        .await
+        .unwrap()
+        .expect("expired lease taken");
+    assert!(lb2.fencing > la.fencing);
+    // a wakes up: its commit is refused and writes nothing, not even its items.
+    let stale = Cursor {
+        token: Some("stale".into()),
+        ..Cursor::default()
+    };
+    let late = vec![item(Source::Jmafile, "late", 9_999)];
+    let refused = a
+        .commit_poll("jmafile", &stale, &late, t + 30_000, Some(&renewed))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Fenced { ref role, fencing }) if role == "jmafile" && fencing == la.fencing),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store
+            .cursor("jmafile")
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .as_deref(),
+        Some("t1")
+    );
+    assert!(
+        store
+            .known_ids(Source::Jmafile, &["late".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The new leader commits; a resigning leader frees the role at once.
+    b.commit_poll("jmafile", &stale, &late, t + 30_000, Some(&lb2))
+        .await
+        .unwrap();
+    b.resign(&lb2).await.unwrap();
+    let la2 = a.lead("jmafile", t + 30_001, lease).await.unwrap().unwrap();
+    assert!(la2.fencing > lb2.fencing);
+    // Resigning with a stale token does not free the current holder's lease.
+    b.resign(&lb2).await.unwrap();
+    assert!(
+        b.lead("jmafile", t + 30_002, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let leaders = store.leaders().await.unwrap();
+    let roles: Vec<(&str, &str)> = leaders
+        .iter()
+        .map(|l| (l.role.as_str(), l.node.as_str()))
+        .collect();
+    assert_eq!(roles, vec![("archive", "b"), ("jmafile", "a")]);
+    store.close().await;
+}
+
+async fn a_live_node_id_is_not_taken_twice<S: StateStore>(store: S) {
+    let a = store.for_node(NodeId("a".into()));
+    let t = now_ms();
+    let lease = 15_000;
+    assert_eq!(
+        a.register_node("one", t, lease, false).await.unwrap(),
+        Ok(())
+    );
+    let taken = a.register_node("two", t + 1, lease, false).await.unwrap();
+    assert_eq!(taken.as_ref().map_err(|n| n.instance.as_str()), Err("one"));
+    assert!(a.heartbeat_node("one", t + 5_000, lease).await.unwrap());
+    // Once the first instance stops heartbeating past its lease, the id is free again...
+    assert_eq!(
+        a.register_node("two", t + 5_000 + lease + 1, lease, false)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    // ...and the old instance learns it lost it.
+    assert!(!a.heartbeat_node("one", t + 25_000, lease).await.unwrap());
+    // A clean stop frees it at once; force takes a live one (the SQLite lock case).
+    a.deregister_node("two").await.unwrap();
+    assert_eq!(
+        a.register_node("three", t + 25_001, lease, false)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        a.register_node("four", t + 25_002, lease, true)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    let b = store.for_node(NodeId("b".into()));
+    b.register_node("bee", t, lease, false)
+        .await
+        .unwrap()
+        .unwrap();
+    b.insert(&items(1), t).await.unwrap();
+    b.claim_next(now_ms(), &Claim::Any).await.unwrap().unwrap();
+    let nodes = store.nodes().await.unwrap();
+    let seen: Vec<(&str, &str, i64)> = nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n.instance.as_str(), n.claims))
+        .collect();
+    assert_eq!(seen, vec![("a", "four", 0), ("b", "bee", 1)]);
+    store.close().await;
+}
+
+async fn the_request_ledger_never_overbooks<S: StateStore>(store: S) {
+    let t = now_ms();
+    let window = 10_000;
+    let limit = 5;
+    let mut bookers = tokio::task::JoinSet::new();
+    for k in 0..6 {
+        let handle = store.for_node(NodeId(format!("node{}", k % 3)));
+        bookers.spawn(async move {
+            let mut granted = 0;
+            for _ in 0..4 {
+                if handle
+                    .book_request("data", t, window, limit)
+                    .await
+                    .unwrap()
+                    .is_none()
+                {
+                    granted += 1;
+                }
+            }
+            granted
+        });
+    }
+    let mut granted = 0;
+    while let Some(g) = bookers.join_next().await {
+        granted += g.unwrap();
+    }
+    assert_eq!(granted, limit, "exactly the limit booked across nodes");
+    // Full: told when the window frees, which is when the oldest booking leaves it.
+    assert_eq!(
+        store
+            .book_request("data", t + 1, window, limit)
+            .await
+            .unwrap(),
+        Some(t + window)
+    );
+    // Another budget is separate.
+    assert_eq!(
+        store
+            .book_request("api", t + 1, window, limit)
+            .await
+            .unwrap(),
+        None
+    );
+    // Once the window moved past them, bookings are free again.
+    assert_eq!(
+        store
+            .book_request("data", t + window + 1, window, limit)
+            .await
+            .unwrap(),
+        None
+    );
     store.close().await;
 }
 

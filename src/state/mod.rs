@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use crate::model::{
-    Claim, Claimed, Cursor, HoldReason, ItemState, LEASE, NewItem, NodeId, Source, TypeMatch,
-    now_ms,
+    Claim, Claimed, Cursor, HoldReason, ItemState, LEASE, LeaderRow, Leadership, NewItem, NodeId,
+    NodeRow, NodeTaken, Source, TypeMatch, now_ms,
 };
 
 #[cfg(test)]
@@ -35,7 +35,9 @@ pub use sqlite::monitor::{DamagedRepair, FileDigest, FreshnessRow, VerifyItem};
 
 /// The traits, for `use crate::state::prelude::*`.
 pub mod prelude {
-    pub use super::{CursorStore, FetchLog, HookStore, QueueStore, ReportStore, StateStore};
+    pub use super::{
+        ClusterStore, CursorStore, FetchLog, HookStore, QueueStore, ReportStore, StateStore,
+    };
 }
 
 /// A backend's own error, kept as the cause.
@@ -75,6 +77,12 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// A commit carried a leadership token that is no longer current: another node took the
+    /// role since (this one was paused, cut off or too slow to renew). Nothing was written.
+    #[error(
+        "lease on {role} lost (fencing token {fencing} is stale): another node leads it now; nothing was committed"
+    )]
+    Fenced { role: String, fencing: i64 },
 }
 
 /// No retry is ever scheduled this far ahead (the longest backoff is under an hour). An item
@@ -223,12 +231,16 @@ pub trait CursorStore {
 
     /// Records one poll: the new items and the new cursor, in one commit, so a crash can never
     /// advance the cursor past items that were not saved. Idempotent on `(source, id)`.
+    /// With `fence`, the commit happens only if that leadership is still the current one
+    /// ([`StoreError::Fenced`] otherwise, nothing written): a poller that lost its lease while
+    /// its list call was out can never move a cursor or list items after the new leader.
     fn commit_poll(
         &self,
         name: &str,
         cursor: &Cursor,
         items: &[NewItem],
         now: i64,
+        fence: Option<&Leadership>,
     ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
 
     /// Notes a failed poll for `status`; the cursor itself is left alone.
@@ -426,6 +438,68 @@ pub trait FetchLog {
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
 }
 
+/// What lets several nodes share one store: per-role leases with fencing tokens, the node
+/// registry, and the request ledger that keeps the account's budgets whatever the number of
+/// nodes. A single node uses the same paths (it simply always wins).
+pub trait ClusterStore {
+    /// Takes the lease on `role` for this node, or renews it if this node holds it, for
+    /// `lease_ms` from `now`. None while another node holds a live lease. The fencing token
+    /// changes whenever the lease is taken (never on a renewal), so a holder whose lease ran out
+    /// is fenced out even if it takes the role back.
+    fn lead(
+        &self,
+        role: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> impl Future<Output = Result<Option<Leadership>, StoreError>> + Send;
+
+    /// Gives the lease up at once (a clean stop), if it is still `lead`: the next node takes
+    /// over without waiting for it to run out.
+    fn resign(&self, lead: &Leadership) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every role's lease, held or not.
+    fn leaders(&self) -> impl Future<Output = Result<Vec<LeaderRow>, StoreError>> + Send;
+
+    /// Registers this process as node [`StateStore::node`] (instance `instance`) until
+    /// `now + lease_ms`. `Err(NodeTaken)` if another live instance holds the id; `force` takes
+    /// it anyway (SQLite: the data dir's lock already proves the previous holder is gone).
+    fn register_node(
+        &self,
+        instance: &str,
+        now: i64,
+        lease_ms: i64,
+        force: bool,
+    ) -> impl Future<Output = Result<Result<(), NodeTaken>, StoreError>> + Send;
+
+    /// Extends this instance's registration; false if another instance took the id meanwhile.
+    fn heartbeat_node(
+        &self,
+        instance: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Ends this instance's registration (a clean stop).
+    fn deregister_node(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every registered node with the claims it holds.
+    fn nodes(&self) -> impl Future<Output = Result<Vec<NodeRow>, StoreError>> + Send;
+
+    /// Books one request on the account's `budget` if fewer than `limit` were booked in the
+    /// last `window_ms` (by any node); otherwise books nothing and returns when the oldest
+    /// booking in the window leaves it. One commit, serialised between nodes.
+    fn book_request(
+        &self,
+        budget: &str,
+        now: i64,
+        window_ms: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+}
+
 /// The post-download hook queue (at least once per landed item).
 pub trait HookStore {
     /// Claims the next due hook run, with what the command needs to know about its item.
@@ -497,7 +571,16 @@ pub trait ReportStore {
 /// Everything the daemon needs from its state store. A backend is one module implementing
 /// these traits, and passes the `contract` suite (`src/state/contract.rs`).
 pub trait StateStore:
-    CursorStore + QueueStore + FetchLog + HookStore + ReportStore + Clone + Send + Sync + 'static
+    CursorStore
+    + QueueStore
+    + FetchLog
+    + HookStore
+    + ReportStore
+    + ClusterStore
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
     /// The node whose claims this handle makes.
     fn node(&self) -> &NodeId;

@@ -11,8 +11,8 @@ use super::prelude::*;
 use super::sqlite::SqliteStore;
 use super::{
     Claim, Claimed, Committed, Cursor, DamagedRepair, FileDigest, FreshnessRow, HookJob,
-    HookOutcome, ItemStatus, NewItem, NodeId, Source, StatusReport, StoreError, TypeMatch,
-    VerifyItem, Waiting,
+    HookOutcome, ItemStatus, LeaderRow, Leadership, NewItem, NodeId, NodeRow, NodeTaken, Source,
+    StatusReport, StoreError, TypeMatch, VerifyItem, Waiting,
 };
 
 /// Where the state lives (`storage.database`).
@@ -203,8 +203,9 @@ impl CursorStore for Store {
         cursor: &Cursor,
         items: &[NewItem],
         now: i64,
+        fence: Option<&Leadership>,
     ) -> Result<Committed, StoreError> {
-        delegate!(self, s => s.commit_poll(name, cursor, items, now).await)
+        delegate!(self, s => s.commit_poll(name, cursor, items, now, fence).await)
     }
 
     async fn record_poll_error(&self, name: &str, error: &str, now: i64) -> Result<(), StoreError> {
@@ -342,6 +343,62 @@ impl QueueStore for Store {
 
     async fn delete_items(&self, seqs: &[i64]) -> Result<u64, StoreError> {
         delegate!(self, s => s.delete_items(seqs).await)
+    }
+}
+
+impl ClusterStore for Store {
+    async fn lead(
+        &self,
+        role: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<Leadership>, StoreError> {
+        delegate!(self, s => s.lead(role, now, lease_ms).await)
+    }
+
+    async fn resign(&self, lead: &Leadership) -> Result<(), StoreError> {
+        delegate!(self, s => s.resign(lead).await)
+    }
+
+    async fn leaders(&self) -> Result<Vec<LeaderRow>, StoreError> {
+        delegate!(self, s => s.leaders().await)
+    }
+
+    async fn register_node(
+        &self,
+        instance: &str,
+        now: i64,
+        lease_ms: i64,
+        force: bool,
+    ) -> Result<Result<(), NodeTaken>, StoreError> {
+        delegate!(self, s => s.register_node(instance, now, lease_ms, force).await)
+    }
+
+    async fn heartbeat_node(
+        &self,
+        instance: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, s => s.heartbeat_node(instance, now, lease_ms).await)
+    }
+
+    async fn deregister_node(&self, instance: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.deregister_node(instance).await)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        delegate!(self, s => s.nodes().await)
+    }
+
+    async fn book_request(
+        &self,
+        budget: &str,
+        now: i64,
+        window_ms: i64,
+        limit: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        delegate!(self, s => s.book_request(budget, now, window_ms, limit).await)
     }
 }
 

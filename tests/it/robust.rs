@@ -574,7 +574,7 @@ async fn a_wall_clock_that_went_back_neither_stalls_the_poller_nor_the_queue() {
     cursor.last_poll_ms = Some(now_ms() + 3_600_000);
     cursor.interval_ms = Some(1000);
     store
-        .commit_poll("jmafile", &Cursor { ..cursor }, &[], now_ms())
+        .commit_poll("jmafile", &Cursor { ..cursor }, &[], now_ms(), None)
         .await
         .unwrap();
     // Claim it (as if its retry time had come) and push its next attempt a day ahead.

@@ -1,6 +1,7 @@
 //! [`CursorStore`] on PostgreSQL: the `cursors` table, and the items a poll commits with it.
 
 use super::*;
+use crate::model::Leadership;
 
 impl CursorStore for PgStore {
     async fn cursor(&self, name: &str) -> Result<Option<Cursor>, StoreError> {
@@ -38,8 +39,12 @@ impl CursorStore for PgStore {
         cursor: &Cursor,
         items: &[NewItem],
         now: i64,
+        fence: Option<&Leadership>,
     ) -> Result<Committed, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(lead) = fence {
+            super::cluster::check_fence(&mut tx, lead).await?;
+        }
         let done = insert_items(&mut tx, items, now).await?;
         sqlx::query(
             "INSERT INTO cursors (name, token, query, high_serial, last_received_ms, interval_ms,

@@ -25,6 +25,7 @@ use super::{
     TypeMatch, WAITING_LISTED, Waiting, WaitingCount, WaitingItem, now_ms,
 };
 
+mod cluster;
 mod cursors;
 pub mod monitor;
 mod queue;

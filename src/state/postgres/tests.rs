@@ -291,3 +291,63 @@ async fn tls_with_sslrootcert_verifies_the_server() {
         .to_string();
     assert!(err.contains("UnknownIssuer"), "{err}");
 }
+
+/// Nodes as separate processes would be (each its own pool): racing for a role, exactly one
+/// wins each time it is free, with a new token every time; racing for the ledger, exactly the
+/// limit is booked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn separate_nodes_racing_get_one_leader_and_never_overbook() {
+    let Some(server) = PgServer::start() else {
+        return;
+    };
+    let target = server.target().await;
+    let mut nodes = Vec::new();
+    for k in 0..4 {
+        let store = PgStore::open(&target).await.unwrap();
+        nodes.push(store.with_node(NodeId(format!("n{k}"))));
+    }
+    let lease = 1_000;
+    let mut last_fencing = 0;
+    for round in 0..10 {
+        let now = now_ms() + round * 2 * lease;
+        let mut racers = tokio::task::JoinSet::new();
+        for node in &nodes {
+            let node = node.clone();
+            racers.spawn(async move { node.lead("jmafile", now, lease).await.unwrap() });
+        }
+        let mut won = Vec::new();
+        while let Some(r) = racers.join_next().await {
+            won.extend(r.unwrap());
+        }
+        assert_eq!(won.len(), 1, "round {round}: one leader, {won:?}");
+        assert!(won[0].fencing > last_fencing, "a new token each time");
+        last_fencing = won[0].fencing;
+    }
+    let now = now_ms();
+    let mut bookers = tokio::task::JoinSet::new();
+    for node in &nodes {
+        let node = node.clone();
+        bookers.spawn(async move {
+            let mut granted = 0;
+            for _ in 0..10 {
+                if node
+                    .book_request("data", now, 60_000, 7)
+                    .await
+                    .unwrap()
+                    .is_none()
+                {
+                    granted += 1;
+                }
+            }
+            granted
+        });
+    }
+    let mut granted = 0;
+    while let Some(g) = bookers.join_next().await {
+        granted += g.unwrap();
+    }
+    assert_eq!(granted, 7, "exactly the limit across separate nodes");
+    for node in nodes {
+        node.close().await;
+    }
+}

@@ -35,8 +35,12 @@ impl CursorStore for SqliteStore {
         cursor: &Cursor,
         items: &[NewItem],
         now: i64,
+        fence: Option<&Leadership>,
     ) -> Result<Committed, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(lead) = fence {
+            cluster::check_fence(&mut tx, lead).await?;
+        }
         let done = insert_items(&mut tx, items, now).await?;
         sqlx::query(
             "INSERT INTO cursors (name, token, query, high_serial, last_received_ms, interval_ms,

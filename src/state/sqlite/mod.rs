@@ -18,8 +18,9 @@ use sqlx::{Row, SqlitePool};
 use super::prelude::*;
 use super::{
     Claim, Claimed, Committed, Cursor, CursorStatus, FileDigest, HoldReason, HookJob, HookOutcome,
-    ItemStatus, LEASE, NewItem, NodeId, RecentError, Source, StateCount, StatusReport, StoreError,
-    TypeMatch, WAITING_LISTED, Waiting, WaitingCount, WaitingItem, now_ms,
+    ItemStatus, LEASE, LeaderRow, Leadership, NewItem, NodeId, NodeRow, NodeTaken, RecentError,
+    Source, StateCount, StatusReport, StoreError, TypeMatch, WAITING_LISTED, Waiting, WaitingCount,
+    WaitingItem, now_ms,
 };
 
 impl From<sqlx::Error> for StoreError {
@@ -28,6 +29,7 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+mod cluster;
 mod cursors;
 pub mod monitor;
 mod queue;
