@@ -188,3 +188,51 @@ fn a_bad_database_url_or_an_unreachable_server_fails_the_start_clearly() {
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// The password from a systemd credential (`$CREDENTIALS_DIRECTORY/database_password`), as the
+/// API key's: `status` connects as a role that must give it; without the credential the start
+/// fails naming host:port, and the password shows nowhere.
+#[tokio::test]
+async fn the_database_password_comes_from_a_systemd_credential() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let url = pg.create_password_role("cred-pw-1").await;
+    let target = jma_poller::state::postgres::PgTarget::parse(&url, Some("cred-pw-1")).unwrap();
+    Store::open(target).await.unwrap().close().await;
+    let env = Env::new();
+    let creds = env.root.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("database_password"), "cred-pw-1\n").unwrap();
+    let status = |with_credential: bool| {
+        let mut c = Command::new(bin());
+        c.arg("status")
+            .env(
+                "JMA_POLLER__STORAGE__DATA_DIR",
+                env.data_dir.display().to_string(),
+            )
+            .env("JMA_POLLER__STORAGE__DATABASE", &url)
+            .env_remove("CREDENTIALS_DIRECTORY");
+        if with_credential {
+            c.env("CREDENTIALS_DIRECTORY", &creds);
+        }
+        c.output().unwrap()
+    };
+    let out = status(true);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("database: postgres://pwuser@127.0.0.1"),
+        "{text}"
+    );
+    assert!(!text.contains("cred-pw-1"), "{text}");
+    let out = status(false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{}", pg.port())), "{err}");
+    assert!(!err.contains("cred-pw-1"), "{err}");
+}
