@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::{ApiError, Client, ClientError};
+use crate::cluster::{Membership, MembershipError, RoleLease};
 use crate::config::{ConfigError, Secret, Settings};
 use crate::download::Downloader;
 use crate::health::Health;
@@ -52,6 +53,8 @@ pub enum RunError {
     Client(String),
     #[error("task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Cluster(#[from] MembershipError),
 }
 
 impl RunError {
@@ -59,7 +62,7 @@ impl RunError {
     /// 1 = other.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Config(_) => 2,
+            RunError::Config(_) | RunError::Cluster(MembershipError::Taken { .. }) => 2,
             RunError::Auth(_) | RunError::NoContract(_) => 3,
             _ => 1,
         }
@@ -162,6 +165,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
 /// API client made and this node's interrupted claims resolved.
 pub struct Application {
     settings: Settings,
+    membership: Membership,
     listener: Option<tokio::net::TcpListener>,
     storage: Arc<Storage>,
     store: Store,
@@ -188,8 +192,14 @@ impl Application {
         let storage = Arc::new(storage.with_min_free(settings.storage.min_free.as_u64()));
         let store = Store::open(&target)
             .await?
+            .with_node(settings.cluster.node())
             .with_hooks(!settings.hooks.on_file.is_empty())
             .with_refetch_delay(settings.download.refetch_delay);
+        // SQLite: the data dir's lock (taken above) already proves no other process runs as
+        // this node, so a registration left by a killed predecessor is taken at once. On
+        // PostgreSQL no lock was taken: the registry alone decides (a live one refuses us).
+        let exclusive = matches!(target, DatabaseTarget::Sqlite(_));
+        let membership = Membership::join(&store, settings.cluster.lease, exclusive).await?;
         let client = client(&settings, key, &store).await?;
         let health = Arc::new(Health::default());
         health.set_files(store.done_count().await?);
@@ -209,6 +219,7 @@ impl Application {
         log_started(&settings);
         Ok(Application {
             settings,
+            membership,
             listener,
             storage,
             store,
@@ -250,6 +261,7 @@ impl Application {
     ) -> Result<(), RunError> {
         let Application {
             settings,
+            membership,
             listener,
             storage,
             store,
@@ -297,12 +309,31 @@ impl Application {
                 Ok(())
             });
         }
+        {
+            let (st, c) = (store.clone(), cancel.clone());
+            tasks.spawn(async move { membership.keep(st, c).await.map_err(RunError::from) });
+        }
         if let Some(retention) = settings.storage.retention {
-            let (st, sg, c) = (store.clone(), storage.clone(), cancel.clone());
-            tasks.spawn(async move {
-                crate::retention::run(st, sg, retention, c).await;
-                Ok(())
-            });
+            let lease = spawn_lease(
+                tasks,
+                crate::cluster::ROLE_RETENTION,
+                &settings,
+                &store,
+                &health,
+                cancel,
+            );
+            let (st, sg) = (store.clone(), storage.clone());
+            tasks.spawn(crate::cluster::while_leading(
+                lease,
+                cancel.clone(),
+                move |c| {
+                    let (st, sg) = (st.clone(), sg.clone());
+                    async move {
+                        crate::retention::run(st, sg, retention, c).await;
+                        Ok(())
+                    }
+                },
+            ));
         }
         if !polling {
             health.assume_contacted();
@@ -370,54 +401,128 @@ fn log_started(settings: &Settings) {
     );
 }
 
-/// One PuLL task per planned stream, sharing one pacing.
+/// Contends for `role` for as long as the daemon runs; returns this node's view of it.
+fn spawn_lease(
+    tasks: &mut JoinSet<Result<(), RunError>>,
+    role: &'static str,
+    settings: &Settings,
+    store: &Store,
+    health: &Arc<Health>,
+    cancel: &CancellationToken,
+) -> Arc<RoleLease> {
+    let lease = RoleLease::new(role);
+    let (l, st, h, c) = (lease.clone(), store.clone(), health.clone(), cancel.clone());
+    let length = settings.cluster.lease;
+    tasks.spawn(async move {
+        crate::cluster::keep_lease(st, l, length, h, c).await;
+        Ok(())
+    });
+    lease
+}
+
+/// One PuLL task per planned stream, sharing one pacing, each running only while this node
+/// leads jmafile.
 async fn spawn_streams(
     tasks: &mut JoinSet<Result<(), RunError>>,
     parts: &Parts<'_>,
 ) -> Result<(), RunError> {
     let settings = parts.settings;
     let plan = plan_streams(settings, parts.store).await?;
+    let lease = spawn_lease(
+        tasks,
+        crate::cluster::ROLE_JMAFILE,
+        settings,
+        parts.store,
+        parts.health,
+        parts.cancel,
+    );
     // One pacing for every stream: together they stay below 2 list calls per second.
     let pacer = Arc::new(crate::poll::jmafile::list_pacer());
     for stream in plan.streams {
         parts.health.register_stream(&stream.name);
         parts.health.expect_contract(&stream.name);
-        let poller = JmaFilePoller::new(
+        let (client, store, jmafile) = (
             parts.client.clone(),
             parts.store.clone(),
             settings.jmafile.clone(),
-            stream,
+        );
+        let (pacer, wake, health, l) = (
             pacer.clone(),
-            settings.download.max_size.as_u64(),
-            settings.storage.retention,
             parts.wake.clone(),
             parts.health.clone(),
+            lease.clone(),
         );
-        let c = parts.cancel.clone();
-        tasks.spawn(async move { poller.run(c).await.map_err(RunError::Auth) });
+        let (max_size, retention) = (
+            settings.download.max_size.as_u64(),
+            settings.storage.retention,
+        );
+        tasks.spawn(crate::cluster::while_leading(
+            lease.clone(),
+            parts.cancel.clone(),
+            move |c| {
+                let poller = JmaFilePoller::new(
+                    client.clone(),
+                    store.clone(),
+                    jmafile.clone(),
+                    stream.clone(),
+                    pacer.clone(),
+                    max_size,
+                    retention,
+                    wake.clone(),
+                    health.clone(),
+                )
+                .with_lease(l.clone());
+                async move { poller.run(c).await.map_err(RunError::Auth) }
+            },
+        ));
     }
     Ok(())
 }
 
-/// The daily archive task.
+/// The daily archive task, running only while this node leads archives.
 fn spawn_archives(tasks: &mut JoinSet<Result<(), RunError>>, parts: &Parts<'_>) {
     let settings = parts.settings;
     for unit in crate::poll::archive::contract_units(&settings.archive) {
         parts.health.expect_contract(&unit);
     }
-    let poller = ArchivePoller::new(
+    let lease = spawn_lease(
+        tasks,
+        crate::cluster::ROLE_ARCHIVE,
+        settings,
+        parts.store,
+        parts.health,
+        parts.cancel,
+    );
+    let (client, store, archive) = (
         parts.client.clone(),
         parts.store.clone(),
         settings.archive.clone(),
+    );
+    let (retention, wake, health, l) = (
         settings.storage.retention,
         parts.wake.clone(),
         parts.health.clone(),
+        lease.clone(),
     );
-    let c = parts.cancel.clone();
-    tasks.spawn(async move {
-        poller.run(c).await;
-        Ok(())
-    });
+    tasks.spawn(crate::cluster::while_leading(
+        lease,
+        parts.cancel.clone(),
+        move |c| {
+            let poller = ArchivePoller::new(
+                client.clone(),
+                store.clone(),
+                archive.clone(),
+                retention,
+                wake.clone(),
+                health.clone(),
+            )
+            .with_lease(l.clone());
+            async move {
+                poller.run(c).await;
+                Ok(())
+            }
+        },
+    ));
 }
 
 /// Refused by the contract everywhere before anything was covered: nothing to do, and

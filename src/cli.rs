@@ -849,6 +849,43 @@ fn ago(ms: Option<i64>) -> String {
     }
 }
 
+/// Nodes (live or not, with their claims) and who leads each role, with lease ages.
+fn print_cluster(nodes: &[crate::model::NodeRow], leaders: &[crate::model::LeaderRow]) {
+    let now = now_ms();
+    for n in nodes {
+        let state = if n.until_ms >= now { "live" } else { "gone" };
+        println!(
+            "node {}: {state}, pid {}, v{}, started {}, seen {}, {} claim(s)",
+            n.node,
+            n.pid,
+            n.version,
+            ago(Some(n.started_ms)),
+            ago(Some(n.seen_ms)),
+            n.claims
+        );
+    }
+    for l in leaders {
+        if l.until_ms >= now {
+            println!(
+                "leader of {}: {} (fencing {}, since {}, renewed {}, lease ends in {}s)",
+                l.role,
+                l.node,
+                l.fencing,
+                ago(Some(l.acquired_ms)),
+                ago(Some(l.renewed_ms)),
+                (l.until_ms - now) / 1000
+            );
+        } else {
+            println!(
+                "leader of {}: none (last {}, lease ended {})",
+                l.role,
+                l.node,
+                ago(Some(l.until_ms.max(l.renewed_ms)))
+            );
+        }
+    }
+}
+
 async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
     let target = settings
         .storage
@@ -859,25 +896,32 @@ async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
         .map_err(|e| Failure::from((1, e)))?;
     let report = store.status().await.map_err(|e| Failure::from((1, e)))?;
     let rows = store.freshness().await.map_err(|e| Failure::from((1, e)))?;
+    let nodes = store.nodes().await.map_err(|e| Failure::from((1, e)))?;
+    let leaders = store.leaders().await.map_err(|e| Failure::from((1, e)))?;
     store.close().await;
     let freshness = crate::freshness::summarize(&rows, now_ms(), settings.monitor.late_factor);
     if json {
-        /// `status --json`: the report, plus freshness per classification.
+        /// `status --json`: the report, plus freshness per classification and the cluster.
         #[derive(serde::Serialize)]
         struct Json<'a> {
             #[serde(flatten)]
             report: &'a crate::state::StatusReport,
             freshness: &'a [crate::freshness::Freshness],
+            nodes: &'a [crate::model::NodeRow],
+            leaders: &'a [crate::model::LeaderRow],
         }
         let text = serde_json::to_string_pretty(&Json {
             report: &report,
             freshness: &freshness,
+            nodes: &nodes,
+            leaders: &leaders,
         })
         .map_err(|e| Failure::from((1, e)))?;
         println!("{text}");
         return Ok(());
     }
     println!("database: {}", target.shown());
+    print_cluster(&nodes, &leaders);
     if report.cursors.is_empty() {
         println!("cursor:   none yet (the daemon has not completed a poll)");
     }

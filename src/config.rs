@@ -82,6 +82,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub hooks: HookSettings,
     pub monitor: MonitorSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -407,6 +408,68 @@ impl Default for MonitorSettings {
     }
 }
 
+/// Who this node is among those sharing one state store, and how long its leases last.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// This node's identity: its claims, leases and staging directory (`.tmp/{node_id}/`) carry
+    /// it. Default: the host name. Two live processes with one id are refused.
+    pub node_id: Option<String>,
+    /// How long a node's lease on a source (and its registration) lasts without renewal; a
+    /// standby takes over a dead leader's source within about this long. Renewed every third.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            node_id: None,
+            lease: Duration::from_secs(15),
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// The node id in use: the setting, or the host name.
+    pub fn node(&self) -> crate::model::NodeId {
+        match &self.node_id {
+            Some(id) => crate::model::NodeId(id.clone()),
+            None => crate::model::NodeId::from_host(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.node_id {
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && !id.starts_with('.')
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "cluster.node_id",
+                    format!(
+                        "{id:?} is not a node id: use 1 to 64 of A-Z a-z 0-9 . - _ (not starting \
+                         with a dot), e.g. the host name"
+                    ),
+                ));
+            }
+        }
+        if !(Duration::from_secs(3)..=Duration::from_secs(600)).contains(&self.lease) {
+            return Err(ConfigError::invalid(
+                "cluster.lease",
+                format!(
+                    "{} is out of range: use 3s to 10m (default 15s); failover takes about this long",
+                    humantime::format_duration(self.lease)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A command run for every landed item, so downstream processing can follow the mirror.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -627,6 +690,8 @@ impl Settings {
                 ));
             }
         }
+
+        self.cluster.validate()?;
 
         let factor = self.monitor.late_factor;
         if !(1.0..=1000.0).contains(&factor) {

@@ -37,6 +37,17 @@ pub struct Health {
     contracts: Mutex<Contracts>,
     /// Woken whenever a source's contract outcome changes.
     contracts_changed: tokio::sync::Notify,
+    /// The cluster roles this node takes part in (see `cluster`): whether it leads each, and
+    /// whether any node does. Empty until the first lease attempt.
+    roles: Mutex<std::collections::BTreeMap<String, RoleHealth>>,
+}
+
+/// One role as this node last saw it in the store.
+#[derive(Debug, Clone, Default)]
+struct RoleHealth {
+    leading: bool,
+    /// The node holding a live lease on it, if any.
+    leader: Option<String>,
 }
 
 /// Contract outcomes per list source. A source is `Unknown` until its first answer.
@@ -72,6 +83,7 @@ impl Default for Health {
             streams: Mutex::new(Default::default()),
             contracts: Mutex::new(Default::default()),
             contracts_changed: tokio::sync::Notify::new(),
+            roles: Mutex::new(Default::default()),
         }
     }
 }
@@ -240,6 +252,71 @@ impl Health {
                         .collect(),
                 )
             })
+    }
+
+    fn roles(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, RoleHealth>> {
+        self.roles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What the last lease attempt on `role` showed: whether this node leads it, and who does.
+    /// A node that leads none of its roles while each has a leader is a ready standby.
+    pub fn set_role(&self, role: &str, leading: bool, leader: Option<String>) {
+        let was_leading = {
+            let mut roles = self.roles();
+            let r = roles.entry(role.to_owned()).or_default();
+            let was = r.leading;
+            *r = RoleHealth { leading, leader };
+            was
+        };
+        if was_leading && !leading {
+            // Its poller stopped: the promises it made are void, and a standby's watchdog must
+            // not starve on them.
+            self.deadline_ms.store(0, Ordering::Relaxed);
+            if role == crate::cluster::ROLE_JMAFILE {
+                for s in self.streams().values_mut() {
+                    s.deadline_ms = 0;
+                }
+            }
+        }
+        let roles = self.roles();
+        if !roles.is_empty() && roles.values().all(|r| !r.leading && r.leader.is_some()) {
+            drop(roles);
+            self.assume_contacted();
+        }
+    }
+
+    /// True unless this node is a standby for `role` (also true before any lease attempt, and
+    /// for a role nobody contends for).
+    pub fn leads(&self, role: &str) -> bool {
+        self.roles().get(role).is_none_or(|r| r.leading)
+    }
+
+    /// True if this node leads at least one role (or takes part in none).
+    pub fn leads_any(&self) -> bool {
+        let roles = self.roles();
+        roles.is_empty() || roles.values().any(|r| r.leading)
+    }
+
+    /// Why the cluster is not ready, if a role has no live leader.
+    pub fn cluster_not_ready(&self) -> Option<String> {
+        let roles = self.roles();
+        let (role, _) = roles.iter().find(|(_, r)| r.leader.is_none())?;
+        Some(format!(
+            "no node holds a live lease on {role} (nodes may be starting, or cannot reach the database)"
+        ))
+    }
+
+    /// `leader of jmafile: node-a; standby for archive (leader node-b)` for `status` lines.
+    pub fn roles_line(&self) -> String {
+        self.roles()
+            .iter()
+            .map(|(role, r)| match (&r.leader, r.leading) {
+                (_, true) => format!("leading {role}"),
+                (Some(l), false) => format!("standby for {role} (leader {l})"),
+                (None, false) => format!("{role}: no leader"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn last_success_ms(&self) -> Option<i64> {

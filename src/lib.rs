@@ -35,6 +35,7 @@ pub mod backfill;
 pub mod backoff;
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod digest;
 pub mod download;

@@ -55,3 +55,9 @@ pub const LAST_RECEIVED: &str = "jma_poller_last_received_timestamp_seconds";
 pub const EXPECTED_INTERVAL: &str = "jma_poller_expected_interval_seconds";
 /// 1 while a classification is late (gauge).
 pub const CLASSIFICATION_LATE: &str = "jma_poller_classification_late";
+/// 1 while this node leads the source's role, 0 on a standby (gauge, by source).
+pub const LEADER: &str = "jma_poller_leader";
+/// Roles this node took over from another node whose lease ran out (counter, by source).
+pub const FAILOVERS: &str = "jma_poller_failovers_total";
+/// Always 1, labelled with this node's id and version (gauge).
+pub const NODE_INFO: &str = "jma_poller_node_info";

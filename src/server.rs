@@ -76,14 +76,23 @@ async fn readyz(State(ctx): State<Ctx>) -> Response {
         )
             .into_response();
     }
-    if let Some(staleness) = ctx.staleness {
+    if let Some(reason) = ctx.health.cluster_not_ready() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response();
+    }
+    // A standby polls nothing: poll age is judged on the leader.
+    if let Some(staleness) = ctx.staleness.filter(|_| ctx.health.leads_any()) {
         // Every list source must be covered by the contract and every PuLL stream must work,
         // not just one of them.
-        if let Some(reason) = ctx
-            .health
-            .contract_not_ready()
-            .or_else(|| ctx.health.streams_not_ready(staleness))
-        {
+        if let Some(reason) = ctx.health.contract_not_ready().or_else(|| {
+            ctx.health
+                .leads(crate::cluster::ROLE_JMAFILE)
+                .then(|| ctx.health.streams_not_ready(staleness))
+                .flatten()
+        }) {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {reason}\n"),

@@ -78,6 +78,9 @@ struct State {
     log: VecDeque<Instant>,
     /// GCRA theoretical arrival time.
     tat: Instant,
+    /// The same pacing applied again when a grant is let go after booking it in the shared
+    /// ledger: bookings take variable time, and must not bunch paced grants together.
+    release_tat: Instant,
     /// Set after a 429 so nobody sends until the upstream's Retry-After has passed.
     paused_until: Option<Instant>,
     granted_total: u64,
@@ -117,6 +120,7 @@ impl Budget {
             state: Mutex::new(State {
                 log: VecDeque::new(),
                 tat: Instant::now(),
+                release_tat: Instant::now(),
                 paused_until: None,
                 granted_total: 0,
             }),
@@ -183,7 +187,10 @@ impl Budget {
                         sent: false,
                     };
                     match self.book(&permit).await {
-                        None => return permit,
+                        None => {
+                            self.pace_release().await;
+                            return permit;
+                        }
                         // Dropping the permit gives the local grant back.
                         Some(retry_at) => {
                             drop(permit);
@@ -193,6 +200,28 @@ impl Budget {
                 }
                 Err(retry_at) => tokio::time::sleep_until(retry_at).await,
             }
+        }
+    }
+
+    /// After a booking: waits until the pacing lets this grant go, so grants whose bookings
+    /// took different times still leave evenly (a no-op without a shared ledger).
+    async fn pace_release(&self) {
+        let (Some(_), Some(l)) = (self.ledger.get(), self.limit) else {
+            return;
+        };
+        loop {
+            let wait = {
+                let mut st = self.lock();
+                let now = Instant::now();
+                match st.release_tat.checked_sub(l.tolerance) {
+                    Some(earliest) if now < earliest => earliest,
+                    _ => {
+                        st.release_tat = st.release_tat.max(now) + l.interval;
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(wait).await;
         }
     }
 

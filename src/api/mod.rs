@@ -231,12 +231,25 @@ impl Client {
 
     /// One list call, e.g. `GET /v2/jmafile?type=..&cursorToken=..`, through the api budget.
     pub async fn list(&self, path: &str, query: &[(&str, String)]) -> Result<ListPage, ApiError> {
+        self.list_after(path, query, std::future::ready(())).await
+    }
+
+    /// Like [`Client::list`], sent once `gate` (a shared pacing) lets it through, after the
+    /// budget granted it: the pacing is the last wait before the request, so time spent
+    /// booking the budget cannot bunch paced calls together.
+    pub async fn list_after(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        gate: impl std::future::Future<Output = ()>,
+    ) -> Result<ListPage, ApiError> {
         let endpoint = path.to_owned();
         let url = self.base.join(path).map_err(|e| ApiError::Malformed {
             endpoint: endpoint.clone(),
             detail: format!("bad path: {e}"),
         })?;
         let permit = self.api_budget.acquire().await;
+        gate.await;
         let request = self
             .http
             .get(url)

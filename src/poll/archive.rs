@@ -282,6 +282,8 @@ pub struct ArchivePoller {
     retention: Option<Duration>,
     wake: Arc<Notify>,
     health: Arc<Health>,
+    /// The role lease every commit is fenced with (None: unfenced, tests of the poller alone).
+    lease: Option<Arc<crate::cluster::RoleLease>>,
 }
 
 #[derive(Debug, Clone)]
@@ -308,7 +310,15 @@ impl ArchivePoller {
             retention,
             wake,
             health,
+            lease: None,
         }
+    }
+
+    /// Fences every commit with this node's lease on the role: once another node has taken
+    /// it, nothing this poller listed is committed.
+    pub fn with_lease(mut self, lease: Arc<crate::cluster::RoleLease>) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     /// One check: list what is new since the horizon and queue it, for all the configured
@@ -366,9 +376,10 @@ impl ArchivePoller {
             last_poll_ms: Some(now),
             ..Cursor::default()
         };
+        let fence = self.lease.as_ref().map(|l| l.fence()).transpose()?;
         let committed = self
             .store
-            .commit_poll(CURSOR, &cursor, &listing.items, now, None)
+            .commit_poll(CURSOR, &cursor, &listing.items, now, fence.as_ref())
             .await?;
         for (item, new) in listing.items.iter().zip(&committed.new) {
             if let (true, Some(reason)) = (*new, &item.refused) {

@@ -223,6 +223,8 @@ pub struct JmaFilePoller {
     /// Pages of the current backlog fetched by this process (the paging guard).
     backlog_pages: AtomicU32,
     health: Arc<Health>,
+    /// The role lease every commit is fenced with (None: unfenced, tests of the poller alone).
+    lease: Option<Arc<crate::cluster::RoleLease>>,
 }
 
 fn utc_stamp(t: OffsetDateTime) -> String {
@@ -278,7 +280,15 @@ impl JmaFilePoller {
             wake,
             backlog_pages: AtomicU32::new(0),
             health,
+            lease: None,
         }
+    }
+
+    /// Fences every commit with this node's lease on the role: once another node has taken
+    /// it, nothing this poller listed is committed.
+    pub fn with_lease(mut self, lease: Arc<crate::cluster::RoleLease>) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     pub fn stream(&self) -> &Stream {
@@ -409,8 +419,8 @@ impl JmaFilePoller {
             params.push(("cursorToken", t.clone()));
         }
         let with_cursor = sent_cursor.is_some();
-        self.pacer.wait().await;
-        let page: ListPage = match self.client.list(ENDPOINT, &params).await {
+        let paced = self.pacer.wait();
+        let page: ListPage = match self.client.list_after(ENDPOINT, &params, paced).await {
             Ok(page) => page,
             Err(e) if is_bad_request(&e) => {
                 return Err(PollError::Refused {
@@ -543,9 +553,10 @@ impl JmaFilePoller {
         cursor.query = serde_json::to_string(&query).unwrap_or_else(|_| "{}".into());
         cursor.interval_ms = Some(interval.as_millis() as i64);
         cursor.last_poll_ms = Some(now);
+        let fence = self.lease.as_ref().map(|l| l.fence()).transpose()?;
         let committed = self
             .store
-            .commit_poll(&self.stream.name, &cursor, &items, now, None)
+            .commit_poll(&self.stream.name, &cursor, &items, now, fence.as_ref())
             .await?;
         for (item, new) in items.iter().zip(&committed.new) {
             if let (true, Some(reason)) = (*new, &item.refused) {

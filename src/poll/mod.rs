@@ -46,28 +46,57 @@ pub(crate) fn malformed_entry(
 #[derive(Debug)]
 pub struct Pacer {
     gap: Duration,
-    next: std::sync::Mutex<Option<tokio::time::Instant>>,
+    next: std::sync::Mutex<Slots>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    /// The next free slot.
+    next: Option<tokio::time::Instant>,
+    /// When the last caller was actually let through.
+    released: Option<tokio::time::Instant>,
 }
 
 impl Pacer {
     pub fn new(gap: Duration) -> Pacer {
         Pacer {
             gap,
-            next: std::sync::Mutex::new(None),
+            next: std::sync::Mutex::new(Slots::default()),
         }
     }
 
-    /// Waits for this caller's slot.
+    /// Waits for this caller's slot, and at least `gap` after the caller let through before
+    /// it: a caller woken late (a busy host) pushes the ones after it back instead of letting
+    /// them bunch up behind it.
     pub async fn wait(&self) {
         let slot = {
-            // Plain data under the lock: a poisoned lock is still consistent.
-            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slots = self.slots();
             let now = tokio::time::Instant::now();
-            let slot = next.map_or(now, |n| n.max(now));
-            *next = Some(slot + self.gap);
+            let slot = slots.next.map_or(now, |n| n.max(now));
+            slots.next = Some(slot + self.gap);
             slot
         };
         tokio::time::sleep_until(slot).await;
+        loop {
+            let earliest = {
+                let mut slots = self.slots();
+                let now = tokio::time::Instant::now();
+                match slots.released.map(|r| r + self.gap) {
+                    Some(earliest) if now < earliest => earliest,
+                    _ => {
+                        slots.released = Some(now);
+                        slots.next = Some(slots.next.map_or(now, |n| n.max(now)));
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(earliest).await;
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        // Plain data under the lock: a poisoned lock is still consistent.
+        self.next.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

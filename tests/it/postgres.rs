@@ -45,6 +45,9 @@ async fn on_postgres_kill_9_and_restart_land_everything_once_and_fetch_nothing_t
     let log = env.root.path().join("daemon.log");
     let mut envs = env.binary_env(&sim);
     envs.push(("JMA_POLLER__STORAGE__DATABASE".into(), url.clone()));
+    // On PostgreSQL a restarted node waits out its killed predecessor's registration and role
+    // leases (no data-dir lock proves it gone): the shortest lease keeps that wait short.
+    envs.push(("JMA_POLLER__CLUSTER__LEASE".into(), "3s".into()));
     let kills = 5;
     for round in 0..kills {
         let mut child = spawn_bin(&["run"], &envs, &log);
