@@ -53,6 +53,35 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// The unprivileged user a root test runs the server as: `nobody`, created (a system user
+/// without a home) in the rare image that lacks it.
+fn server_user() -> String {
+    const USER: &str = "nobody";
+    let exists = Command::new("id")
+        .args(["-u", USER])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !exists {
+        let made = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                USER,
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            made,
+            "initdb refuses root, and user {USER} neither exists nor can be made"
+        );
+    }
+    USER.to_owned()
+}
+
 /// A port nobody listens on right now (the server may lose a race for it: start retries).
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -85,10 +114,16 @@ impl PgServer {
             println!("{why}");
             return None;
         };
-        let user = is_root().then(|| "nobody".to_owned());
+        let user = is_root().then(server_user);
+        // As root, in /tmp: the server's user must be able to reach the directory, and a
+        // TMPDIR of root's own (0700) would not let it.
+        let parent = match &user {
+            Some(_) if Path::new("/tmp").is_dir() => PathBuf::from("/tmp"),
+            _ => std::env::temp_dir(),
+        };
         let dir = tempfile::Builder::new()
             .prefix("jma-pg-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("temp dir for PostgreSQL");
         let server = PgServer {
             dir,
@@ -132,18 +167,16 @@ impl PgServer {
 
     /// Gives `path` to the server's user (when we are root).
     fn hand_over(&self, path: &Path) {
-        if self.user.is_none() {
+        let Some(user) = &self.user else {
             return;
-        }
+        };
         let status = Command::new("chown")
-            .args([
-                "-R",
-                "nobody:",
-                path.to_str().expect("temp paths are UTF-8"),
-            ])
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(path)
             .status()
             .expect("chown runs");
-        assert!(status.success(), "chown nobody {}", path.display());
+        assert!(status.success(), "chown {user} {}", path.display());
     }
 
     /// A command running `tool` as the server's user.

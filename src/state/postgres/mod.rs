@@ -101,16 +101,6 @@ impl PgTarget {
     pub fn server(&self) -> &str {
         &self.server
     }
-
-    /// The same server, another database (the test harness makes one per test).
-    pub fn with_database(mut self, database: &str) -> PgTarget {
-        self.options = self.options.database(database);
-        if let Ok(mut url) = url::Url::parse(&self.shown) {
-            url.set_path(database);
-            self.shown = url.to_string();
-        }
-        self
-    }
 }
 
 /// The URL with its password (if any) replaced by `***`; a string that is no URL is shown as
