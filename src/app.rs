@@ -385,8 +385,12 @@ async fn spawn_streams(
             parts.wake.clone(),
             parts.health.clone(),
         );
-        let c = parts.cancel.clone();
-        tasks.spawn(async move { poller.run(c).await.map_err(RunError::Auth) });
+        let (h, c) = (parts.health.clone(), parts.cancel.clone());
+        tasks.spawn(async move {
+            crate::poll::runner::run(poller, h, c)
+                .await
+                .map_err(RunError::Auth)
+        });
     }
     Ok(())
 }
@@ -405,10 +409,11 @@ fn spawn_archives(tasks: &mut JoinSet<Result<(), RunError>>, parts: &Parts<'_>) 
         parts.wake.clone(),
         parts.health.clone(),
     );
-    let c = parts.cancel.clone();
+    let (h, c) = (parts.health.clone(), parts.cancel.clone());
     tasks.spawn(async move {
-        poller.run(c).await;
-        Ok(())
+        crate::poll::runner::run(poller, h, c)
+            .await
+            .map_err(RunError::Auth)
     });
 }
 

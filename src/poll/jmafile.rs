@@ -30,8 +30,8 @@
 //!   naming `jmafile.types`, readiness failing, a long backoff, never a re-baseline loop.
 //! * `datetime` never reaches back further than the month the API keeps ([`API_KEEPS`]).
 //!
-//! Cancellation: the loop stops at waits and while a list call is in flight; a commit that has
-//! started always finishes.
+//! Driven by [`super::runner`]: it stops at waits and while a list call is in flight; a commit
+//! that has started always finishes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,9 +41,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+pub use super::PollError;
+use super::runner::{self, Backoff, Handled, Next};
 use super::streams::{Filter, Stream};
 use super::{FailureLog, Pacer};
 use crate::api::models::{JmaFileItem, ListPage, raw_identity};
@@ -52,8 +53,8 @@ use crate::config::JmaFileSettings;
 use crate::download::plan::plan_jmafile;
 use crate::health::Health;
 use crate::model::{Cursor, NewItem, Source, now_ms};
+use crate::state::Store;
 use crate::state::prelude::*;
-use crate::state::{Store, StoreError};
 
 /// The cursor of the stream without `type` (the only one before streams existed).
 pub const CURSOR: &str = super::streams::ALL;
@@ -88,21 +89,6 @@ pub const LIST_GAP: Duration = Duration::from_millis(600);
 /// Each stream still waits its own `nextPoolingInterval` on top.
 pub fn list_pacer() -> Pacer {
     Pacer::new(LIST_GAP)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PollError {
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// HTTP 400 to a jmafile list call; `with_cursor` says whether it carried a cursorToken.
-    #[error("{source}")]
-    Refused {
-        with_cursor: bool,
-        #[source]
-        source: ApiError,
-    },
 }
 
 /// Filters a cursor was made with; the API wants them resent with every cursorToken.
@@ -223,6 +209,10 @@ pub struct JmaFilePoller {
     /// Pages of the current backlog fetched by this process (the paging guard).
     backlog_pages: AtomicU32,
     health: Arc<Health>,
+    /// The API has answered this process (a refused key is fatal only before that).
+    contacted: bool,
+    /// HTTP 400s in a row to requests that carried a cursor.
+    cursor_refusals: u32,
 }
 
 fn utc_stamp(t: OffsetDateTime) -> String {
@@ -278,6 +268,8 @@ impl JmaFilePoller {
             wake,
             backlog_pages: AtomicU32::new(0),
             health,
+            contacted: false,
+            cursor_refusals: 0,
         }
     }
 
@@ -631,12 +623,9 @@ impl JmaFilePoller {
         items
     }
 
-    /// Polls until `cancel`. Returns an error only when the key is refused on the very first
-    /// request of the process (a misconfiguration that retrying cannot fix).
-    pub async fn run(self, cancel: CancellationToken) -> Result<(), ApiError> {
-        let name = self.stream.name.clone();
-        let mut next_at = Instant::now();
-        match self.store.cursor(&name).await {
+    /// The first step after a start waits a full stored interval.
+    async fn first_wait(&self) -> Duration {
+        match self.store.cursor(&self.stream.name).await {
             Ok(Some(Cursor {
                 interval_ms: Some(interval),
                 ..
@@ -646,128 +635,19 @@ impl JmaFilePoller {
                 // abandons it, `kill -9` too), whose response the server sent but nobody
                 // recorded. That response came before this start, so one interval from now
                 // is never too soon, whatever happened; it costs one interval per restart.
-                let interval = Duration::from_millis(interval.max(0) as u64)
-                    .clamp(MIN_INTERVAL, Duration::from_secs(3600));
-                next_at += interval;
+                Duration::from_millis(interval.max(0) as u64)
+                    .clamp(MIN_INTERVAL, Duration::from_secs(3600))
             }
-            Ok(_) => {}
+            Ok(_) => Duration::ZERO,
             Err(e) => {
-                warn!(event = "poll_failed", stream = %name, error = %e, "cannot read the cursor; will retry")
+                warn!(event = "poll_failed", stream = %self.stream.name, error = %e, "cannot read the cursor; will retry");
+                Duration::ZERO
             }
-        }
-        let mut failures = FailureLog::default();
-        let mut contacted = false;
-        // HTTP 400s in a row to requests that carried a cursor.
-        let mut cursor_refusals = 0u32;
-        // The watchdog is fed while the loop keeps these promises (see `health`).
-        let grace = self.client.list_timeout() + Duration::from_secs(60);
-        loop {
-            self.health.promise_for(
-                &name,
-                next_at.saturating_duration_since(Instant::now()) + grace,
-            );
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(next_at) => {}
-            }
-            self.health.promise_for(&name, grace);
-            let started = Instant::now();
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                r = self.poll_once() => r,
-            };
-            // Any answer but 402 says the contract covers this stream.
-            if matches!(result, Ok(_) | Err(PollError::Refused { .. })) {
-                self.health.contract_covered(&name);
-            }
-            match &result {
-                Ok(_) => {
-                    self.health.poll_succeeded("jmafile");
-                    self.health.stream_succeeded(&name);
-                    metrics::counter!(crate::metric::POLLS, "source" => "jmafile", "result" => "ok").increment(1);
-                }
-                Err(e) => {
-                    self.health.poll_failed(&e.to_string());
-                    metrics::counter!(crate::metric::POLLS, "source" => "jmafile", "result" => "error").increment(1);
-                }
-            }
-            if !matches!(result, Err(PollError::Refused { .. })) {
-                cursor_refusals = 0;
-            }
-            let wait = match result {
-                Ok(report) => {
-                    contacted = true;
-                    if self.report(&report, &mut failures, started) {
-                        // Paging back a backlog: the next page goes out at once (the shared
-                        // pacing and the api budget space it); the interval applies to head
-                        // polls.
-                        next_at = Instant::now();
-                        continue;
-                    }
-                    report.interval
-                }
-                Err(PollError::Refused {
-                    with_cursor: true,
-                    source,
-                }) => {
-                    contacted = true;
-                    cursor_refusals += 1;
-                    self.cursor_refused(&source, cursor_refusals).await;
-                    if cursor_refusals >= 2 || matches!(source, ApiError::InvalidCursor { .. }) {
-                        cursor_refusals = 0;
-                    }
-                    self.interval_hint().await
-                }
-                Err(PollError::Refused {
-                    with_cursor: false,
-                    source,
-                }) => {
-                    contacted = true;
-                    self.types_refused(&source, &mut failures).await
-                }
-                Err(PollError::Api(e)) if e.is_no_contract() => {
-                    self.no_contract(&e, &mut failures).await
-                }
-                Err(PollError::Api(e)) if e.is_auth() => {
-                    if !contacted {
-                        return Err(e);
-                    }
-                    if failures.failed("auth") {
-                        error!(
-                            event = "auth_refused",
-                            stream = %name,
-                            error = %e,
-                            "the API key was refused; check api.key / api.key_file and the key's permissions in the dmdata.jp console. Retrying every {}s",
-                            AUTH_BACKOFF.as_secs()
-                        );
-                    }
-                    let _ = self
-                        .store
-                        .record_stream_error(&name, &self.query_json(), &e.to_string(), now_ms())
-                        .await;
-                    crate::backoff::delay(2, AUTH_BACKOFF, AUTH_BACKOFF * 2)
-                }
-                Err(e) => self.failed(&e, &mut failures).await,
-            };
-            // Never sooner than the interval after the last response; up to 10 % later so
-            // many clients do not poll in lockstep.
-            next_at = Instant::now() + wait + wait.mul_f64(fastrand::f64() * 0.1);
         }
     }
 
-    /// Logs a successful step; true when a backlog page should follow at once.
-    fn report(&self, report: &PollReport, failures: &mut FailureLog, started: Instant) -> bool {
-        metrics::counter!(crate::metric::ITEMS_LISTED, "source" => "jmafile")
-            .increment((report.new + report.refused) as u64);
-        let recovered = failures.recovered();
-        if recovered > 0 {
-            info!(
-                event = "poll_recovered",
-                stream = %self.stream.name,
-                failures = recovered,
-                "polling works again after {recovered} failed attempt(s)"
-            );
-        }
+    /// Logs a successful step (the runner counts it).
+    fn report(&self, report: &PollReport, started: Instant) {
         let ms = started.elapsed().as_millis() as u64;
         if report.new > 0 || report.refused > 0 {
             info!(
@@ -790,7 +670,41 @@ impl JmaFilePoller {
                 "no new items"
             );
         }
-        report.more
+    }
+
+    /// An HTTP 400 to a request that carried a cursor, `self.cursor_refusals` in a row.
+    async fn refused_with_cursor(&mut self, error: &ApiError) -> Duration {
+        self.contacted = true;
+        self.cursor_refusals += 1;
+        self.cursor_refused(error, self.cursor_refusals).await;
+        if self.cursor_refusals >= 2 || matches!(error, ApiError::InvalidCursor { .. }) {
+            self.cursor_refusals = 0;
+        }
+        self.interval_hint().await
+    }
+
+    /// The key refused after this process has been answered before (it may be fixed
+    /// upstream): one ERROR line per change, retried every [`AUTH_BACKOFF`] or so.
+    async fn auth_refused(&self, e: &ApiError, failures: &mut FailureLog) -> Duration {
+        if failures.failed("auth") {
+            error!(
+                event = "auth_refused",
+                stream = %self.stream.name,
+                error = %e,
+                "the API key was refused; check api.key / api.key_file and the key's permissions in the dmdata.jp console. Retrying every {}s",
+                AUTH_BACKOFF.as_secs()
+            );
+        }
+        self.record_error(&e.to_string()).await;
+        crate::backoff::delay(2, AUTH_BACKOFF, AUTH_BACKOFF * 2)
+    }
+
+    /// Keeps the error in the stream's cursor row (for `status`).
+    async fn record_error(&self, error: &str) {
+        let _ = self
+            .store
+            .record_stream_error(&self.stream.name, &self.query_json(), error, now_ms())
+            .await;
     }
 
     /// A 400 to a request that carried a cursor: the documented `cursorToken` message drops
@@ -845,10 +759,7 @@ impl JmaFilePoller {
             );
         }
         self.health.stream_refused(&self.stream.name, &reason);
-        let _ = self
-            .store
-            .record_stream_error(&self.stream.name, &self.query_json(), &reason, now_ms())
-            .await;
+        self.record_error(&reason).await;
         wait
     }
 
@@ -879,20 +790,13 @@ impl JmaFilePoller {
             &self.stream.name,
             &format!("stream {}: no contract ({message})", self.stream.name),
         );
-        let _ = self
-            .store
-            .record_stream_error(
-                &self.stream.name,
-                &self.query_json(),
-                &error.to_string(),
-                now_ms(),
-            )
-            .await;
+        self.record_error(&error.to_string()).await;
         wait
     }
 
-    /// Any other failure: backoff with jitter, honouring Retry-After, logged once per change.
-    async fn failed(&self, e: &PollError, failures: &mut FailureLog) -> Duration {
+    /// Any other failure: the runner backs off (never sooner than the stream's interval),
+    /// honouring Retry-After, logged once per change.
+    async fn plain_failure(&self, e: &PollError) -> Backoff {
         let (kind, transient, retry_after) = match e {
             PollError::Api(a) if a.is_certificate() => ("tls", false, None),
             PollError::Api(a) => ("api", a.is_transient(), a.retry_after()),
@@ -900,49 +804,19 @@ impl JmaFilePoller {
             PollError::Refused { source, .. } => ("api", false, source.retry_after()),
         };
         let floor = self.interval_hint().await;
-        let n = failures.consecutive + 1;
-        let base = if transient {
-            Duration::from_secs(2)
-        } else {
-            Duration::from_secs(30)
-        };
-        let wait = crate::backoff::honour_retry_after(
-            crate::backoff::delay(n, base, Duration::from_secs(300)).max(floor),
+        self.record_error(&e.to_string()).await;
+        Backoff {
+            kind,
+            base: if transient {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_secs(30)
+            },
+            cap: Duration::from_secs(300),
+            floor,
             retry_after,
-            Duration::from_secs(3600),
-        );
-        let logged = failures.failed(kind);
-        if logged && kind == "tls" {
-            error!(
-                event = "tls_refused",
-                stream = %self.stream.name,
-                error = %e,
-                attempt = n,
-                retry_in_ms = wait.as_millis() as u64,
-                "poll failed: the server's TLS certificate was refused; backing off"
-            );
-        } else if logged {
-            warn!(
-                event = "poll_failed",
-                stream = %self.stream.name,
-                error = %e,
-                attempt = n,
-                retry_in_ms = wait.as_millis() as u64,
-                "poll failed; backing off"
-            );
-        } else {
-            debug!(event = "poll_failed", stream = %self.stream.name, error = %e, attempt = n, "poll failed again");
+            hint: "",
         }
-        let _ = self
-            .store
-            .record_stream_error(
-                &self.stream.name,
-                &self.query_json(),
-                &e.to_string(),
-                now_ms(),
-            )
-            .await;
-        wait
     }
 
     /// The stream's filters, for a cursor row made by an error.
@@ -962,6 +836,73 @@ impl JmaFilePoller {
             })) if ms > 0 => Duration::from_millis(ms as u64),
             _ => DEFAULT_INTERVAL,
         }
+    }
+}
+
+/// A stream in the [`runner`]: the runner schedules and counts; the stream knows what its
+/// refusals mean (a refused cursor, refused types, no contract, a refused key).
+impl runner::Source for JmaFilePoller {
+    fn source(&self) -> &'static str {
+        "jmafile"
+    }
+
+    fn unit(&self) -> &str {
+        &self.stream.name
+    }
+
+    /// The watchdog is fed while every stream keeps its schedule (see `health`).
+    fn watchdog_grace(&self) -> Option<Duration> {
+        Some(self.client.list_timeout() + Duration::from_secs(60))
+    }
+
+    async fn first_wait(&mut self) -> Duration {
+        JmaFilePoller::first_wait(self).await
+    }
+
+    async fn step(&mut self) -> Result<Next, PollError> {
+        let started = Instant::now();
+        let report = self.poll_once().await?;
+        self.contacted = true;
+        self.cursor_refusals = 0;
+        // Any answer but 402 says the contract covers this stream.
+        self.health.contract_covered(&self.stream.name);
+        self.health.stream_succeeded(&self.stream.name);
+        self.report(&report, started);
+        let items = (report.new + report.refused) as u64;
+        // Paging back a backlog: the next page goes out at once (the shared pacing and the
+        // api budget space it); the interval applies to head polls.
+        let wait = if report.more {
+            Duration::ZERO
+        } else {
+            report.interval
+        };
+        Ok(Next::Listed { items, wait })
+    }
+
+    async fn failed(&mut self, error: PollError, failures: &mut FailureLog) -> Handled {
+        if matches!(error, PollError::Refused { .. }) {
+            self.health.contract_covered(&self.stream.name);
+        } else {
+            self.cursor_refusals = 0;
+        }
+        let wait = match error {
+            PollError::Refused {
+                with_cursor: true,
+                source,
+            } => self.refused_with_cursor(&source).await,
+            PollError::Refused {
+                with_cursor: false,
+                source,
+            } => {
+                self.contacted = true;
+                self.types_refused(&source, failures).await
+            }
+            PollError::Api(e) if e.is_no_contract() => self.no_contract(&e, failures).await,
+            PollError::Api(e) if e.is_auth() && !self.contacted => return Handled::Fatal(e),
+            PollError::Api(e) if e.is_auth() => self.auth_refused(&e, failures).await,
+            e => return Handled::Backoff(self.plain_failure(&e).await),
+        };
+        Handled::Wait(wait)
     }
 }
 
