@@ -45,6 +45,7 @@ pub mod poll;
 pub mod retention;
 pub mod server;
 pub mod sim;
+pub mod sink;
 pub mod state;
 pub mod status_page;
 pub mod storage;

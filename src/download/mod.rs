@@ -31,11 +31,11 @@ use crate::api::{ApiError, Client};
 use crate::config::DownloadSettings;
 use crate::health::Health;
 use crate::model::{Claim, Claimed, LEASE_RENEW, Source, now_ms};
+use crate::sink::Sink;
 use crate::state::prelude::*;
 use crate::state::{Store, StoreError};
-use crate::storage::Storage;
 use crate::worker::FailureLog;
-use decode::{DecodeError, Decoded, Staged};
+use decode::{DecodeError, Decoded};
 use plan::Compression;
 
 /// Why one attempt at an item failed.
@@ -188,7 +188,8 @@ pub enum Step {
 pub struct Downloader {
     store: Store,
     client: Arc<Client>,
-    storage: Arc<Storage>,
+    /// Where finished items go (staging, atomic commit, adoption after a crash).
+    sink: Arc<dyn Sink>,
     settings: DownloadSettings,
     wake: Arc<Notify>,
     /// Set while storage or the key is unusable; every worker waits it out.
@@ -223,7 +224,7 @@ impl Downloader {
     pub fn new(
         store: Store,
         client: Arc<Client>,
-        storage: Arc<Storage>,
+        sink: Arc<dyn Sink>,
         settings: DownloadSettings,
         wake: Arc<Notify>,
         health: Arc<Health>,
@@ -231,7 +232,7 @@ impl Downloader {
         Downloader {
             store,
             client,
-            storage,
+            sink,
             settings,
             wake,
             paused_until: Mutex::new(None),
@@ -255,14 +256,11 @@ impl Downloader {
         let mut adopted = 0;
         let mut requeued = 0;
         for item in items {
-            let storage = self.storage.clone();
+            let sink = self.sink.clone();
             let rel = item.path.clone();
-            let in_place = tokio::task::spawn_blocking(move || {
-                let exists = storage.abs(&rel).exists();
-                exists.then(|| storage.make_durable(&rel))
-            })
-            .await
-            .unwrap_or(None);
+            let in_place = tokio::task::spawn_blocking(move || sink.adopt(&rel).transpose())
+                .await
+                .unwrap_or(None);
             match in_place {
                 // Not recorded when claimed again by someone else meanwhile: theirs to land.
                 Some(Ok(bytes)) => {
@@ -366,7 +364,7 @@ impl Downloader {
             Some(due) if due <= now_ms() || due > now_ms() + crate::state::CLOCK_JUMP_MS => {}
             _ => return Ok(Step::Idle),
         }
-        if let Some((free, min)) = self.storage.low_on_space() {
+        if let Some((free, min)) = self.sink.low_on_space() {
             if self.pause("low on space", LOW_SPACE_RECHECK) {
                 warn!(
                     event = "downloads_paused",
@@ -677,7 +675,7 @@ impl Downloader {
             .map_err(io::Error::other)
             .take_until(cancel.clone().cancelled_owned());
         let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
-        let tmp = self.storage.tmp_dir().to_owned();
+        let tmp = self.sink.staging_dir().to_owned();
         let cancel = cancel.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
@@ -696,7 +694,7 @@ impl Downloader {
         item: &Claimed,
         decoded: Decoded,
     ) -> Result<(u64, u64, Vec<crate::state::FileDigest>), FetchError> {
-        let storage = self.storage.clone();
+        let sink = self.sink.clone();
         let rel = item.path.clone();
         let Decoded {
             staged,
@@ -709,13 +707,10 @@ impl Downloader {
         for warning in warnings {
             warning.report(item);
         }
-        tokio::task::spawn_blocking(move || match staged {
-            Staged::File(f) => storage.place_file(f, &rel),
-            Staged::Dir(d) => storage.place_dir(d, &rel),
-        })
-        .await
-        .map_err(|e| FetchError::Internal(format!("placing task: {e}")))?
-        .map_err(FetchError::Place)?;
+        tokio::task::spawn_blocking(move || sink.commit(staged, &rel))
+            .await
+            .map_err(|e| FetchError::Internal(format!("placing task: {e}")))?
+            .map_err(FetchError::Place)?;
         Ok((bytes, raw_bytes, digests))
     }
 
