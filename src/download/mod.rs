@@ -213,6 +213,19 @@ fn item_span(item: &Claimed) -> tracing::Span {
     )
 }
 
+/// The `reason` label of a retry in the metrics.
+fn retry_reason(e: &FetchError) -> &'static str {
+    match e {
+        FetchError::Api(a) if a.is_same_id_block() => "same_id",
+        FetchError::Api(a) => a.status().map_or("network", |_| "http"),
+        FetchError::Decode(DecodeError::Network(_)) => "network",
+        FetchError::Decode(DecodeError::Corrupt(_)) => "corrupt",
+        FetchError::Decode(DecodeError::Length(_)) => "length",
+        FetchError::Decode(_) | FetchError::Place(_) => "local",
+        FetchError::Internal(_) => "internal",
+    }
+}
+
 /// How often free space is checked again while downloads are paused for it.
 const LOW_SPACE_RECHECK: Duration = Duration::from_secs(10);
 
@@ -488,48 +501,14 @@ impl Downloader {
     async fn failed(&self, item: &Claimed, e: FetchError, ms: u64) -> Result<Step, StoreError> {
         let error = e.to_string();
         let next = e.next(item);
-        let source = item.source.as_str();
-        let reason = match &e {
-            FetchError::Api(a) if a.is_same_id_block() => "same_id",
-            FetchError::Api(a) => a.status().map_or("network", |_| "http"),
-            FetchError::Decode(DecodeError::Network(_)) => "network",
-            FetchError::Decode(DecodeError::Corrupt(_)) => "corrupt",
-            FetchError::Decode(DecodeError::Length(_)) => "length",
-            FetchError::Decode(_) | FetchError::Place(_) => "local",
-            FetchError::Internal(_) => "internal",
-        };
         // Transient failures beyond download.max_attempts end like permanent ones.
         let exhausted =
             matches!(next, Next::Retry { .. }) && item.attempts >= self.settings.max_attempts;
         if matches!(next, Next::Fail) || exhausted {
-            let (error, what) = if exhausted {
-                (
-                    format!("gave up after {} attempts: {error}", item.attempts),
-                    "item failed after download.max_attempts; it will not be fetched again",
-                )
-            } else {
-                (
-                    error,
-                    "item failed permanently; it will not be fetched again (see `jma-poller status`)",
-                )
-            };
-            metrics::counter!(crate::metric::ITEMS_FAILED, "source" => source, "classification" => item.classification.clone()).increment(1);
-            self.store.mark_failed(item, &error, now_ms()).await?;
-            error!(
-                event = "failed",
-                source,
-                id = %item.id,
-                serial = item.serial,
-                classification = %item.classification,
-                attempt = item.attempts,
-                ms,
-                error = %error,
-                "{what}"
-            );
-            return Ok(Step::Failed);
+            return self.give_up(item, error, exhausted, ms).await;
         }
         if !matches!(next, Next::Requeue) {
-            metrics::counter!(crate::metric::RETRIES, "source" => source, "reason" => reason)
+            metrics::counter!(crate::metric::RETRIES, "source" => item.source.as_str(), "reason" => retry_reason(&e))
                 .increment(1);
         }
         match next {
@@ -538,101 +517,165 @@ impl Downloader {
                 debug!(event = "requeued", id = %item.id, "download interrupted by shutdown; queued again");
                 Ok(Step::Cancelled)
             }
-            Next::Pause { why, wait } => {
-                self.store
-                    .mark_retry(
-                        item,
-                        Some(&error),
-                        now_ms() + wait.as_millis() as i64,
-                        false,
-                    )
-                    .await?;
-                if self.pause(why, wait) {
-                    error!(
-                        event = "downloads_paused",
-                        id = %item.id,
-                        error = %error,
-                        pause_s = wait.as_secs(),
-                        "{why}; pausing downloads"
-                    );
-                }
-                Ok(Step::Retrying)
-            }
-            // Recorded above, with the exhausted retries.
+            Next::Pause { why, wait } => self.pause_for(item, &error, why, wait).await,
+            // Recorded by `give_up`, with the exhausted retries.
             Next::Fail => Ok(Step::Failed),
-            Next::Throttled { retry_after } => {
-                // Retry-After says when; without it (the provider's WAF sends none that is
-                // documented) start at a minute and grow to 45.
-                let base = if retry_after.is_some() {
-                    Duration::from_secs(2)
-                } else {
-                    Duration::from_secs(60)
-                };
-                let wait = crate::backoff::honour_retry_after(
-                    crate::backoff::delay(item.throttles + 1, base, Duration::from_secs(2700)),
-                    retry_after,
-                    Duration::from_secs(3600),
-                );
-                let due = self
-                    .store
-                    .mark_throttled(item, &error, now_ms() + wait.as_millis() as i64)
-                    .await?;
-                warn!(
-                    event = "throttled",
-                    source = item.source.as_str(),
-                    id = %item.id,
-                    serial = item.serial,
-                    classification = %item.classification,
-                    throttles = item.throttles + 1,
-                    retry_in_ms = (due - now_ms()).max(0),
-                    error = %error,
-                    "rate limited (429); backing off this item and the data budget"
-                );
-                Ok(Step::Retrying)
-            }
-            Next::SameId => {
-                // Rounded up, so the wait is never shorter than same_id_backoff.
-                let until = now_ms() + 1 + self.settings.same_id_backoff.as_millis() as i64;
-                let due = self.store.mark_same_id_blocked(item, &error, until).await?;
-                warn!(
-                    event = "same_id_blocked",
-                    source = item.source.as_str(),
-                    id = %item.id,
-                    serial = item.serial,
-                    classification = %item.classification,
-                    until = %fmt_ms(due),
-                    retry_in_ms = (due - now_ms()).max(0),
-                    error = %error,
-                    "the data host blocks this id for now (429 \"same data\"); it waits download.same_id_backoff, other ids go on"
-                );
-                Ok(Step::Retrying)
-            }
-            // Not sooner than the backoff, nor than refetch_delay after this request.
+            Next::Throttled { retry_after } => self.throttled(item, &error, retry_after).await,
+            Next::SameId => self.same_id_blocked(item, &error).await,
             Next::Retry { base, retry_after } => {
-                let wait = crate::backoff::honour_retry_after(
-                    crate::backoff::delay(item.attempts, base, Duration::from_secs(1800)),
-                    retry_after,
-                    Duration::from_secs(3600),
-                );
-                let due = self
-                    .store
-                    .mark_retry(item, Some(&error), now_ms() + wait.as_millis() as i64, true)
-                    .await?;
-                warn!(
-                    event = "retry",
-                    source = item.source.as_str(),
-                    id = %item.id,
-                    serial = item.serial,
-                    classification = %item.classification,
-                    attempt = item.attempts,
-                    ms,
-                    retry_in_ms = (due - now_ms()).max(0),
-                    error = %error,
-                    "download failed; will retry"
-                );
-                Ok(Step::Retrying)
+                self.retry_later(item, &error, base, retry_after, ms).await
             }
         }
+    }
+
+    /// A permanent failure, or transient ones beyond `download.max_attempts`: the item is
+    /// failed for good, with one ERROR line.
+    async fn give_up(
+        &self,
+        item: &Claimed,
+        error: String,
+        exhausted: bool,
+        ms: u64,
+    ) -> Result<Step, StoreError> {
+        let source = item.source.as_str();
+        let (error, what) = if exhausted {
+            (
+                format!("gave up after {} attempts: {error}", item.attempts),
+                "item failed after download.max_attempts; it will not be fetched again",
+            )
+        } else {
+            (
+                error,
+                "item failed permanently; it will not be fetched again (see `jma-poller status`)",
+            )
+        };
+        metrics::counter!(crate::metric::ITEMS_FAILED, "source" => source, "classification" => item.classification.clone()).increment(1);
+        self.store.mark_failed(item, &error, now_ms()).await?;
+        error!(
+            event = "failed",
+            source,
+            id = %item.id,
+            serial = item.serial,
+            classification = %item.classification,
+            attempt = item.attempts,
+            ms,
+            error = %error,
+            "{what}"
+        );
+        Ok(Step::Failed)
+    }
+
+    /// Storage or the key is unusable: the item waits `wait`, and so does every worker.
+    async fn pause_for(
+        &self,
+        item: &Claimed,
+        error: &str,
+        why: &'static str,
+        wait: Duration,
+    ) -> Result<Step, StoreError> {
+        self.store
+            .mark_retry(item, Some(error), now_ms() + wait.as_millis() as i64, false)
+            .await?;
+        if self.pause(why, wait) {
+            error!(
+                event = "downloads_paused",
+                id = %item.id,
+                error = %error,
+                pause_s = wait.as_secs(),
+                "{why}; pausing downloads"
+            );
+        }
+        Ok(Step::Retrying)
+    }
+
+    /// Rate limited (429): this item backs off, growing with its throttles.
+    async fn throttled(
+        &self,
+        item: &Claimed,
+        error: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<Step, StoreError> {
+        // Retry-After says when; without it (the provider's WAF sends none that is
+        // documented) start at a minute and grow to 45.
+        let base = if retry_after.is_some() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(60)
+        };
+        let wait = crate::backoff::honour_retry_after(
+            crate::backoff::delay(item.throttles + 1, base, Duration::from_secs(2700)),
+            retry_after,
+            Duration::from_secs(3600),
+        );
+        let due = self
+            .store
+            .mark_throttled(item, error, now_ms() + wait.as_millis() as i64)
+            .await?;
+        warn!(
+            event = "throttled",
+            source = item.source.as_str(),
+            id = %item.id,
+            serial = item.serial,
+            classification = %item.classification,
+            throttles = item.throttles + 1,
+            retry_in_ms = (due - now_ms()).max(0),
+            error = %error,
+            "rate limited (429); backing off this item and the data budget"
+        );
+        Ok(Step::Retrying)
+    }
+
+    /// The data host blocks this id for now: it waits `download.same_id_backoff`.
+    async fn same_id_blocked(&self, item: &Claimed, error: &str) -> Result<Step, StoreError> {
+        // Rounded up, so the wait is never shorter than same_id_backoff.
+        let until = now_ms() + 1 + self.settings.same_id_backoff.as_millis() as i64;
+        let due = self.store.mark_same_id_blocked(item, error, until).await?;
+        warn!(
+            event = "same_id_blocked",
+            source = item.source.as_str(),
+            id = %item.id,
+            serial = item.serial,
+            classification = %item.classification,
+            until = %fmt_ms(due),
+            retry_in_ms = (due - now_ms()).max(0),
+            error = %error,
+            "the data host blocks this id for now (429 \"same data\"); it waits download.same_id_backoff, other ids go on"
+        );
+        Ok(Step::Retrying)
+    }
+
+    /// A transient failure: retried after the backoff, not sooner than refetch_delay after
+    /// this request.
+    async fn retry_later(
+        &self,
+        item: &Claimed,
+        error: &str,
+        base: Duration,
+        retry_after: Option<Duration>,
+        ms: u64,
+    ) -> Result<Step, StoreError> {
+        let wait = crate::backoff::honour_retry_after(
+            crate::backoff::delay(item.attempts, base, Duration::from_secs(1800)),
+            retry_after,
+            Duration::from_secs(3600),
+        );
+        let due = self
+            .store
+            .mark_retry(item, Some(error), now_ms() + wait.as_millis() as i64, true)
+            .await?;
+        warn!(
+            event = "retry",
+            source = item.source.as_str(),
+            id = %item.id,
+            serial = item.serial,
+            classification = %item.classification,
+            attempt = item.attempts,
+            ms,
+            retry_in_ms = (due - now_ms()).max(0),
+            error = %error,
+            "download failed; will retry"
+        );
+        Ok(Step::Retrying)
     }
 
     /// GET the body and decode it into `.tmp/`.

@@ -130,6 +130,18 @@ pub struct PollReport {
     pub dropped: usize,
 }
 
+/// A page's entries sorted by [`JmaFilePoller::sort_entries`].
+struct Sorted {
+    /// To record.
+    entries: Vec<Entry>,
+    /// An entry reached the horizon or the watermark: nothing older needs paging.
+    reached: bool,
+    /// The highest serial on the page within the horizon.
+    page_high: Option<u64>,
+    /// Entries the stream does not want.
+    dropped: usize,
+}
+
 /// One entry of a page: parsed, or malformed with whatever identity it has.
 enum Entry {
     Ok(JmaFileItem),
@@ -412,7 +424,7 @@ impl JmaFilePoller {
             }
             Err(e) => return Err(e.into()),
         };
-        self.step(
+        self.record_page(
             page,
             cursor,
             query,
@@ -424,7 +436,7 @@ impl JmaFilePoller {
     }
 
     /// The database half of a step; not cancelled once started.
-    async fn step(
+    async fn record_page(
         &self,
         page: ListPage,
         mut cursor: Cursor,
@@ -440,100 +452,153 @@ impl JmaFilePoller {
             .clamp(MIN_INTERVAL, Duration::from_secs(3600));
         let watermark = cursor.high_serial;
         let full = page.items.len() >= self.settings.limit as usize;
-        let fresh_since = query
-            .fresh_since
-            .as_deref()
-            .and_then(|s| crate::api::models::parse_time(s).ok());
-        let mut reached = false;
-        let mut page_high: Option<u64> = None;
-        let mut dropped = 0;
-        let mut entries = Vec::with_capacity(page.items.len());
-        for raw in page.items {
-            let entry = Entry::parse(raw, page.response_time.as_deref());
-            if let Entry::Ok(item) = &entry {
-                let ms = time_to_ms(item.received_time);
-                cursor.last_received_ms = Some(cursor.last_received_ms.map_or(ms, |l| l.max(ms)));
-                if item.received_time < horizon {
-                    reached = true;
-                    continue;
-                }
-                // Serials only tell where to stop; the item is kept (a known id is ignored on
-                // insert), so an out-of-order serial cannot hide a new item.
-                if watermark.is_some_and(|w| item.serial <= w) {
-                    reached = true;
-                }
-                page_high = Some(page_high.map_or(item.serial, |h| h.max(item.serial)));
-                let identifier = item.identifier();
-                let before_backfill = fresh_since.is_some_and(|f| item.received_time < f)
-                    && identifier.as_ref().is_some_and(|i| query.fresh.contains(i));
-                if !self.stream.keeps(identifier.as_deref()) || before_backfill {
-                    dropped += 1;
-                    continue;
-                }
-            }
-            entries.push(entry);
-        }
-        if dropped > 0 {
-            debug!(
-                event = "items_dropped",
-                stream = %self.stream.name,
-                dropped,
-                "items the stream does not want (a lone identifier is a prefix match upstream, or older than the backfill of a new type)"
-            );
-        }
-        let paging_on = page.next_token.is_some() && !reached;
-        let mut more = false;
-        if is_backlog {
-            let pages = self.backlog_pages.fetch_add(1, Ordering::Relaxed) + 1;
-            if paging_on && pages < MAX_PAGES {
-                cursor.backlog_token = page.next_token;
-                more = true;
-            } else {
-                if paging_on {
-                    error!(
-                        event = "paging_capped",
-                        stream = %self.stream.name,
-                        pages,
-                        "stopped paging back after {pages} pages; older items of this backlog may be missing \
-                         (narrow jmafile.types?)"
-                    );
-                }
-                cursor.token = cursor.backlog_pooling.take();
-                cursor.high_serial = max_opt(cursor.backlog_high.take(), watermark);
-                cursor.backlog_token = None;
-                self.backlog_pages.store(0, Ordering::Relaxed);
-            }
+        let sorted = self.sort_entries(
+            page.items,
+            page.response_time.as_deref(),
+            &mut cursor,
+            &query,
+            horizon,
+        );
+        let paging_on = page.next_token.is_some() && !sorted.reached;
+        let more = if is_backlog {
+            self.advance_backlog(&mut cursor, page.next_token, paging_on, watermark)
         } else {
             let pooling = page.next_pooling.ok_or_else(|| ApiError::Malformed {
                 endpoint: ENDPOINT.into(),
                 detail: "nextPooling is missing".into(),
             })?;
-            let head_high = max_opt(page_high, watermark);
+            let head_high = max_opt(sorted.page_high, watermark);
             if paging_on {
                 // More behind this page: page back before adopting the new position.
                 cursor.backlog_token = page.next_token;
                 cursor.backlog_pooling = Some(pooling);
                 cursor.backlog_high = head_high;
                 self.backlog_pages.store(0, Ordering::Relaxed);
-                more = true;
-            } else if is_pull && full && page.next_token.is_none() && !reached {
+                true
+            } else if is_pull && full && page.next_token.is_none() && !sorted.reached {
                 warn!(
                     event = "full_page",
                     stream = %self.stream.name,
-                    items = entries.len(),
+                    items = sorted.entries.len(),
                     "a full PuLL page came without nextToken; listing again without a cursor, back to the last known serial, so nothing is skipped"
                 );
                 cursor.token = None;
+                false
             } else {
                 cursor.token = Some(pooling);
                 cursor.high_serial = head_high;
+                false
             }
-        }
-
-        let items = self.new_items(entries);
-        let now = now_ms();
+        };
         cursor.query = serde_json::to_string(&query).unwrap_or_else(|_| "{}".into());
         cursor.interval_ms = Some(interval.as_millis() as i64);
+        let (new, refused) = self.commit(cursor, sorted.entries).await?;
+        Ok(PollReport {
+            new,
+            refused,
+            backlog: is_backlog,
+            more,
+            interval,
+            dropped: sorted.dropped,
+        })
+    }
+
+    /// Parses a page's entries and keeps those to record; notes how far the page reaches
+    /// (the horizon, the watermark) and the newest receivedTime seen in `cursor`.
+    fn sort_entries(
+        &self,
+        raw_items: Vec<serde_json::Value>,
+        response_time: Option<&str>,
+        cursor: &mut Cursor,
+        query: &Query,
+        horizon: OffsetDateTime,
+    ) -> Sorted {
+        let watermark = cursor.high_serial;
+        let fresh_since = query
+            .fresh_since
+            .as_deref()
+            .and_then(|s| crate::api::models::parse_time(s).ok());
+        let mut sorted = Sorted {
+            entries: Vec::with_capacity(raw_items.len()),
+            reached: false,
+            page_high: None,
+            dropped: 0,
+        };
+        for raw in raw_items {
+            let entry = Entry::parse(raw, response_time);
+            if let Entry::Ok(item) = &entry {
+                let ms = time_to_ms(item.received_time);
+                cursor.last_received_ms = Some(cursor.last_received_ms.map_or(ms, |l| l.max(ms)));
+                if item.received_time < horizon {
+                    sorted.reached = true;
+                    continue;
+                }
+                // Serials only tell where to stop; the item is kept (a known id is ignored on
+                // insert), so an out-of-order serial cannot hide a new item.
+                if watermark.is_some_and(|w| item.serial <= w) {
+                    sorted.reached = true;
+                }
+                sorted.page_high =
+                    Some(sorted.page_high.map_or(item.serial, |h| h.max(item.serial)));
+                let identifier = item.identifier();
+                let before_backfill = fresh_since.is_some_and(|f| item.received_time < f)
+                    && identifier.as_ref().is_some_and(|i| query.fresh.contains(i));
+                if !self.stream.keeps(identifier.as_deref()) || before_backfill {
+                    sorted.dropped += 1;
+                    continue;
+                }
+            }
+            sorted.entries.push(entry);
+        }
+        if sorted.dropped > 0 {
+            debug!(
+                event = "items_dropped",
+                stream = %self.stream.name,
+                dropped = sorted.dropped,
+                "items the stream does not want (a lone identifier is a prefix match upstream, or older than the backfill of a new type)"
+            );
+        }
+        sorted
+    }
+
+    /// After a backlog page: page on (true), or, at the watermark or the paging guard, adopt
+    /// the head's position and watermark the backlog was started for.
+    fn advance_backlog(
+        &self,
+        cursor: &mut Cursor,
+        next_token: Option<String>,
+        paging_on: bool,
+        watermark: Option<u64>,
+    ) -> bool {
+        let pages = self.backlog_pages.fetch_add(1, Ordering::Relaxed) + 1;
+        if paging_on && pages < MAX_PAGES {
+            cursor.backlog_token = next_token;
+            return true;
+        }
+        if paging_on {
+            error!(
+                event = "paging_capped",
+                stream = %self.stream.name,
+                pages,
+                "stopped paging back after {pages} pages; older items of this backlog may be missing \
+                 (narrow jmafile.types?)"
+            );
+        }
+        cursor.token = cursor.backlog_pooling.take();
+        cursor.high_serial = max_opt(cursor.backlog_high.take(), watermark);
+        cursor.backlog_token = None;
+        self.backlog_pages.store(0, Ordering::Relaxed);
+        false
+    }
+
+    /// The page's items and the new cursor state in one transaction; returns (new, refused).
+    async fn commit(
+        &self,
+        mut cursor: Cursor,
+        entries: Vec<Entry>,
+    ) -> Result<(usize, usize), PollError> {
+        let items = self.new_items(entries);
+        let now = now_ms();
         cursor.last_poll_ms = Some(now);
         let committed = self
             .store
@@ -555,14 +620,7 @@ impl JmaFilePoller {
         if committed.inserted > 0 {
             self.wake.notify_waiters();
         }
-        Ok(PollReport {
-            new: committed.inserted,
-            refused: committed.refused,
-            backlog: is_backlog,
-            more,
-            interval,
-            dropped,
-        })
+        Ok((committed.inserted, committed.refused))
     }
 
     /// The page's entries as rows to record, oldest first (so arrival order and insertion
