@@ -472,7 +472,12 @@ async fn spawn_streams(
                     health.clone(),
                 )
                 .with_lease(l.clone());
-                async move { poller.run(c).await.map_err(RunError::Auth) }
+                let h = health.clone();
+                async move {
+                    crate::poll::runner::run(poller, h, c)
+                        .await
+                        .map_err(RunError::Auth)
+                }
             },
         ));
     }
@@ -517,9 +522,11 @@ fn spawn_archives(tasks: &mut JoinSet<Result<(), RunError>>, parts: &Parts<'_>) 
                 health.clone(),
             )
             .with_lease(l.clone());
+            let h = health.clone();
             async move {
-                poller.run(c).await;
-                Ok(())
+                crate::poll::runner::run(poller, h, c)
+                    .await
+                    .map_err(RunError::Auth)
             }
         },
     ));

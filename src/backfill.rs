@@ -156,7 +156,7 @@ pub async fn run(
     )
     .await
     .map_err(|e| match e {
-        crate::poll::jmafile::PollError::Api(a) if a.is_no_contract() => {
+        crate::poll::PollError::Api(a) if a.is_no_contract() => {
             let message = match &a {
                 crate::api::ApiError::Status { message, .. } => message.clone(),
                 other => other.to_string(),

@@ -592,6 +592,20 @@ fn is_loopback_host(host: &url::Host<&str>) -> bool {
 impl Settings {
     /// Checks every value that serde cannot: ranges, combinations, URL safety.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_api()?;
+        self.validate_jmafile()?;
+        self.validate_storage_and_hooks()?;
+        self.validate_monitor()?;
+        self.cluster.validate()?;
+        self.validate_archive()?;
+        self.validate_download()?;
+        self.validate_limits()?;
+        self.validate_log()?;
+        Ok(())
+    }
+
+    /// `api`: a URL the key may go to, one key source, trusted host patterns.
+    fn validate_api(&self) -> Result<(), ConfigError> {
         let api = &self.api;
         match api.base_url.scheme() {
             "https" => {}
@@ -639,7 +653,11 @@ impl Settings {
                 ConfigError::invalid(&format!("api.trusted_hosts[{i}]"), message)
             })?;
         }
+        Ok(())
+    }
 
+    /// `jmafile`: data identifiers, backfill within the month the API keeps, page size.
+    fn validate_jmafile(&self) -> Result<(), ConfigError> {
         let jf = &self.jmafile;
         for (i, t) in jf.types.iter().enumerate() {
             if t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace) {
@@ -661,7 +679,11 @@ impl Settings {
                 format!("{} is out of range 1..=100", jf.limit),
             ));
         }
+        Ok(())
+    }
 
+    /// `storage.retention` and `hooks`.
+    fn validate_storage_and_hooks(&self) -> Result<(), ConfigError> {
         if let Some(r) = self.storage.retention
             && r < Duration::from_secs(3600)
         {
@@ -690,9 +712,11 @@ impl Settings {
                 ));
             }
         }
+        Ok(())
+    }
 
-        self.cluster.validate()?;
-
+    /// `monitor.late_factor`.
+    fn validate_monitor(&self) -> Result<(), ConfigError> {
         let factor = self.monitor.late_factor;
         if !(1.0..=1000.0).contains(&factor) {
             return Err(ConfigError::invalid(
@@ -700,7 +724,11 @@ impl Settings {
                 format!("{factor} is out of range: use a number from 1 to 1000 (default 3)"),
             ));
         }
+        Ok(())
+    }
 
+    /// `archive`: classification names, check interval, backfill.
+    fn validate_archive(&self) -> Result<(), ConfigError> {
         let ar = &self.archive;
         for (i, c) in ar.classifications.iter().enumerate() {
             if crate::storage::safe_component(c).is_err()
@@ -725,7 +753,11 @@ impl Settings {
                 "more than 5 years; use `jma-poller backfill` for history",
             ));
         }
+        Ok(())
+    }
 
+    /// `download`: workers, attempts, sizes, timeouts, delays.
+    fn validate_download(&self) -> Result<(), ConfigError> {
         let dl = &self.download;
         if !(1..=64).contains(&dl.concurrency) {
             return Err(ConfigError::invalid(
@@ -774,7 +806,11 @@ impl Settings {
                 ));
             }
         }
+        Ok(())
+    }
 
+    /// `limits`: request budgets.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         for (prefix, requests, window, burst) in [
             (
@@ -806,7 +842,11 @@ impl Settings {
                 ));
             }
         }
+        Ok(())
+    }
 
+    /// `log.level`: a filter tracing can parse.
+    fn validate_log(&self) -> Result<(), ConfigError> {
         if tracing_subscriber::EnvFilter::builder()
             .parse(&self.log.level)
             .is_err()

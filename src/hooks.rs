@@ -22,9 +22,9 @@ use tracing::{Instrument, debug, error, warn};
 use crate::config::HookSettings;
 use crate::health::Health;
 use crate::model::now_ms;
+use crate::sink::Sink;
 use crate::state::prelude::*;
 use crate::state::{HookJob, HookOutcome, Store};
-use crate::storage::Storage;
 
 /// What the last part of a failing hook's stderr is kept for the error message.
 const STDERR_TAIL: usize = 2048;
@@ -37,11 +37,11 @@ enum Ran {
 
 async fn run_one(
     job: &HookJob,
-    storage: &Storage,
+    sink: &dyn Sink,
     settings: &HookSettings,
     cancel: &CancellationToken,
 ) -> Ran {
-    let path = storage.abs(&job.path);
+    let path = sink.locate(&job.path);
     let kind = if path.is_dir() { "folder" } else { "file" };
     let (program, args) = match settings.on_file.split_first() {
         Some(p) => p,
@@ -119,7 +119,7 @@ async fn run_one(
 /// Runs queued hooks until `cancel`.
 pub async fn run(
     store: Store,
-    storage: Arc<Storage>,
+    sink: Arc<dyn Sink>,
     settings: HookSettings,
     health: Arc<Health>,
     cancel: CancellationToken,
@@ -179,7 +179,7 @@ pub async fn run(
             serial = job.serial,
             classification = %job.classification,
         );
-        let ran = run_one(&job, &storage, &settings, &cancel)
+        let ran = run_one(&job, sink.as_ref(), &settings, &cancel)
             .instrument(span)
             .await;
         let ms = started.elapsed().as_millis() as u64;

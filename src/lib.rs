@@ -10,18 +10,25 @@
 //! * [`catalog`] — the provider's catalog of jmafile products (identifiers, file names).
 //! * [`config`] — layered settings (defaults → TOML → `JMA_POLLER__*` env), validation.
 //! * [`api`] — the dmdata.jp client: auth, trusted hosts, request budgets, typed errors.
-//! * [`poll`] — the list sources: JmaFile PuLL (one task per stream), daily archives.
+//! * [`poll`] — the list sources behind one trait, [`poll::runner::Source`], driven by one
+//!   loop, [`poll::runner::run`] (schedule, cancellation, backoff with `Retry-After`, throttled
+//!   failure logs, health, poll metrics, jitter): JmaFile PuLL (one runner per stream), daily
+//!   archives. A new source is one file there plus its config section.
 //! * [`download`] — the worker pool: claim (with a renewed lease), streaming fetch,
 //!   decompress/split/unpack ([`download::decode`], [`download::unpack`], their shared
-//!   [`download::error`]), verify, place; what to do with an item ([`download::plan`]).
-//! * [`storage`] — on-disk layout, safe names, atomic placement, temp sweep, data-dir lock;
-//!   [`retention`] — removal of old items; [`hooks`] — the post-download hook.
+//!   [`download::error`]), verify, commit through the sink; what to do with an item
+//!   ([`download::plan`]).
+//! * [`sink`] — where finished items go: the [`sink::Sink`] trait (staging, atomic commit,
+//!   adopt-after-crash, remove, locate) and the layout of keys ([`sink::layout`]);
+//!   [`storage`] — the local file system sink: safe names, durable placement, temp sweep,
+//!   data-dir lock, free space; [`retention`] — removal of old items and [`hooks`] — the
+//!   post-download hook, both asking the sink for paths.
 //! * [`worker`] — what background tasks share (throttled failure logs).
 //! * [`telemetry`] — logging and the metrics recorder; [`metric`] — every metric name;
 //!   [`health`] — readiness, the systemd watchdog and status; [`server`] — `/healthz`,
 //!   `/readyz`, `/metrics`.
 //! * [`app`] — wiring and shutdown; [`backfill`] — the archive backfill command;
-//!   [`cli`] — the command line.
+//!   [`cli`] — the command line, one module per command.
 //! * [`freshness`] — per-classification freshness and lateness; [`verify`] — the mirror on
 //!   disk against what was recorded; [`status_page`] — `GET /`; [`digest`] — SHA-256 while
 //!   streaming.
@@ -48,6 +55,7 @@ pub mod poll;
 pub mod retention;
 pub mod server;
 pub mod sim;
+pub mod sink;
 pub mod state;
 pub mod status_page;
 pub mod storage;

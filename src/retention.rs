@@ -6,7 +6,6 @@
 //! row whose file is gone, which the next pass removes. The pollers never list anything older
 //! than the retention period again, so removed items are not fetched again.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,45 +13,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::model::now_ms;
+use crate::sink::Sink;
 use crate::state::prelude::*;
 use crate::state::{Store, StoreError};
-use crate::storage::Storage;
 
 const BATCH: i64 = 500;
-
-/// Removes one item's file or folder and then any folders left empty above it (not the data
-/// dir itself). Returns the bytes freed.
-fn remove(storage: &Storage, rel: &str) -> std::io::Result<u64> {
-    let path = storage.abs(rel);
-    let bytes = crate::storage::size_on_disk(&path).unwrap_or(0);
-    let result = if path.is_dir() {
-        std::fs::remove_dir_all(&path)
-    } else {
-        std::fs::remove_file(&path)
-    };
-    match result {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let mut dir: Option<&Path> = path.parent();
-    while let Some(d) = dir {
-        if d == storage.data_dir() || !d.starts_with(storage.data_dir()) {
-            break;
-        }
-        // Fails (harmlessly) as soon as a folder is not empty.
-        if std::fs::remove_dir(d).is_err() {
-            break;
-        }
-        dir = d.parent();
-    }
-    Ok(bytes)
-}
 
 /// One pass: removes everything older than `retention`. Returns (items, bytes).
 pub async fn prune_once(
     store: &Store,
-    storage: &Arc<Storage>,
+    sink: &Arc<dyn Sink>,
     retention: Duration,
 ) -> Result<(u64, u64), StoreError> {
     let cutoff = now_ms() - retention.as_millis() as i64;
@@ -62,12 +32,12 @@ pub async fn prune_once(
         if batch.is_empty() {
             break;
         }
-        let storage = storage.clone();
+        let sink = sink.clone();
         let (removed, freed) = tokio::task::spawn_blocking(move || {
             let mut removed = Vec::new();
             let mut freed = 0;
             for (seq, path) in batch {
-                match path.as_deref().map(|rel| remove(&storage, rel)) {
+                match path.as_deref().map(|rel| sink.remove(rel)) {
                     None => removed.push(seq),
                     Some(Ok(b)) => {
                         freed += b;
@@ -95,13 +65,13 @@ pub async fn prune_once(
 /// Runs a pass at start and then every `min(retention / 24, 1h)` until `cancel`.
 pub async fn run(
     store: Store,
-    storage: Arc<Storage>,
+    sink: Arc<dyn Sink>,
     retention: Duration,
     cancel: CancellationToken,
 ) {
     let every = (retention / 24).clamp(Duration::from_secs(60), Duration::from_secs(3600));
     loop {
-        match prune_once(&store, &storage, retention).await {
+        match prune_once(&store, &sink, retention).await {
             Ok((0, _)) => {}
             Ok((items, bytes)) => info!(
                 event = "retention",

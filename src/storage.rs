@@ -1,9 +1,12 @@
-//! The data directory: layout, safe names, and durable placement.
+//! The data directory, the local file system [`Sink`]: safe names, staging, durable placement,
+//! adoption after a crash, removal.
 //!
-//! Layout (relative to `storage.data_dir`):
+//! Layout (relative to `storage.data_dir`; the keys are [`crate::sink::layout`]'s):
 //! * `jmafile/{classification}/{YYYY-MM-DD}/{name}` — one file per item, date = UTC date of
 //!   `receivedTime`; a `concat` item is a folder of its children.
-//! * `.tmp/` — partial files. Everything here is garbage after a crash and is removed on start.
+//! * `archive/{classification}/{YYYY-MM-DD}` — a daily archive, unpacked.
+//! * `.tmp/` — partial files (staging). Everything here is garbage after a crash and is
+//!   removed on start.
 //! * `.lock` — held by the running daemon so two daemons never share a data dir.
 //!
 //! Durability promise: a file or folder appears under its final name only complete and fsynced
@@ -14,7 +17,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use tempfile::{NamedTempFile, TempDir};
-use time::OffsetDateTime;
+
+use crate::sink::{Sink, Staged};
 
 pub const TMP_DIR: &str = ".tmp";
 const LOCK_FILE: &str = ".lock";
@@ -67,23 +71,6 @@ pub fn safe_component(name: &str) -> Result<&str, NameError> {
         }),
         None => Ok(name),
     }
-}
-
-/// `jmafile/{classification}/{YYYY-MM-DD}/{leaf}`, every component checked.
-pub fn jmafile_rel_path(
-    classification: &str,
-    received: OffsetDateTime,
-    leaf: &str,
-) -> Result<String, NameError> {
-    let date = received.to_offset(time::UtcOffset::UTC).date();
-    Ok(format!(
-        "jmafile/{}/{:04}-{:02}-{:02}/{}",
-        safe_component(classification)?,
-        date.year(),
-        u8::from(date.month()),
-        date.day(),
-        safe_component(leaf)?
-    ))
 }
 
 /// fsync a directory, so a rename or create inside it survives power loss.
@@ -363,6 +350,66 @@ impl Storage {
     }
 }
 
+/// Removes the file or folder at `path` and then any folders left empty above it, up to (not
+/// including) `data_dir`. Returns the bytes freed.
+fn remove_and_prune(data_dir: &Path, path: &Path) -> io::Result<u64> {
+    let bytes = size_on_disk(path).unwrap_or(0);
+    let result = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut dir: Option<&Path> = path.parent();
+    while let Some(d) = dir {
+        if d == data_dir || !d.starts_with(data_dir) {
+            break;
+        }
+        // Fails (harmlessly) as soon as a folder is not empty.
+        if fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(bytes)
+}
+
+impl Sink for Storage {
+    fn staging_dir(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    fn commit(&self, staged: Staged, key: &str) -> io::Result<PathBuf> {
+        match staged {
+            Staged::File(f) => self.place_file(f, key),
+            Staged::Dir(d) => self.place_dir(d, key),
+        }
+    }
+
+    fn adopt(&self, key: &str) -> io::Result<Option<u64>> {
+        if !self.abs(key).exists() {
+            return Ok(None);
+        }
+        self.make_durable(key).map(Some)
+    }
+
+    fn remove(&self, key: &str) -> io::Result<u64> {
+        remove_and_prune(&self.data_dir, &self.abs(key))
+    }
+
+    fn locate(&self, key: &str) -> PathBuf {
+        self.abs(key)
+    }
+
+    fn low_on_space(&self) -> Option<(u64, u64)> {
+        Storage::low_on_space(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,16 +443,6 @@ mod tests {
         ] {
             assert_eq!(safe_component(good).unwrap(), good);
         }
-    }
-
-    #[test]
-    fn layout_uses_the_utc_date() {
-        let t = time::macros::datetime!(2024-05-26 08:35:00 +09:00);
-        assert_eq!(
-            jmafile_rel_path("jmafile.rdr-nc5min", t, "x.bin").unwrap(),
-            "jmafile/jmafile.rdr-nc5min/2024-05-25/x.bin"
-        );
-        assert!(jmafile_rel_path("../etc", t, "x").is_err());
     }
 
     #[test]
@@ -444,5 +481,31 @@ mod tests {
             0,
             "nothing left in .tmp"
         );
+    }
+
+    #[test]
+    fn the_sink_adopts_what_is_in_place_and_removes_with_empty_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path()).unwrap();
+        let key = "jmafile/c/2024-01-01/a.bin";
+        assert_eq!(s.adopt(key).unwrap(), None, "nothing in place");
+        let mut f = tempfile::NamedTempFile::new_in(s.staging_dir()).unwrap();
+        f.write_all(b"hello").unwrap();
+        let p = s.commit(Staged::File(f), key).unwrap();
+        assert_eq!(p, s.locate(key));
+        assert_eq!(s.adopt(key).unwrap(), Some(5));
+        fs::write(s.abs("jmafile/c/2024-01-01/b.bin"), b"xy").unwrap();
+        assert_eq!(Sink::remove(&s, key).unwrap(), 5);
+        assert!(
+            s.abs("jmafile/c/2024-01-01").is_dir(),
+            "a folder still in use stays"
+        );
+        assert_eq!(Sink::remove(&s, "jmafile/c/2024-01-01/b.bin").unwrap(), 2);
+        assert!(
+            !s.abs("jmafile").exists(),
+            "empty folders go, up to the data dir"
+        );
+        assert!(dir.path().is_dir());
+        assert_eq!(Sink::remove(&s, key).unwrap(), 0, "gone already is fine");
     }
 }

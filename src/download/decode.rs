@@ -14,7 +14,6 @@ use std::path::Path;
 use std::rc::Rc;
 
 use flate2::read::MultiGzDecoder;
-use tempfile::{NamedTempFile, TempDir};
 use tokio_util::sync::CancellationToken;
 
 pub use super::error::DecodeError;
@@ -25,12 +24,7 @@ use crate::state::FileDigest;
 
 const BUF: usize = 256 * 1024;
 
-/// Output staged in `.tmp/`, not yet under its final name.
-#[derive(Debug)]
-pub enum Staged {
-    File(NamedTempFile),
-    Dir(TempDir),
-}
+pub use crate::sink::Staged;
 
 #[derive(Debug)]
 pub struct Decoded {
@@ -574,6 +568,7 @@ mod tests {
     use super::*;
     use crate::download::plan::Child;
     use flate2::{Compression as Level, write::GzEncoder};
+    use tempfile::TempDir;
 
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut e = GzEncoder::new(Vec::new(), Level::default());

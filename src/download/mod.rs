@@ -31,11 +31,11 @@ use crate::api::{ApiError, Client};
 use crate::config::DownloadSettings;
 use crate::health::Health;
 use crate::model::{Claim, Claimed, LEASE_RENEW, Source, now_ms};
+use crate::sink::Sink;
 use crate::state::prelude::*;
 use crate::state::{Store, StoreError};
-use crate::storage::Storage;
 use crate::worker::FailureLog;
-use decode::{DecodeError, Decoded, Staged};
+use decode::{DecodeError, Decoded};
 use plan::Compression;
 
 /// Why one attempt at an item failed.
@@ -188,7 +188,8 @@ pub enum Step {
 pub struct Downloader {
     store: Store,
     client: Arc<Client>,
-    storage: Arc<Storage>,
+    /// Where finished items go (staging, atomic commit, adoption after a crash).
+    sink: Arc<dyn Sink>,
     settings: DownloadSettings,
     wake: Arc<Notify>,
     /// Set while storage or the key is unusable; every worker waits it out.
@@ -212,6 +213,19 @@ fn item_span(item: &Claimed) -> tracing::Span {
     )
 }
 
+/// The `reason` label of a retry in the metrics.
+fn retry_reason(e: &FetchError) -> &'static str {
+    match e {
+        FetchError::Api(a) if a.is_same_id_block() => "same_id",
+        FetchError::Api(a) => a.status().map_or("network", |_| "http"),
+        FetchError::Decode(DecodeError::Network(_)) => "network",
+        FetchError::Decode(DecodeError::Corrupt(_)) => "corrupt",
+        FetchError::Decode(DecodeError::Length(_)) => "length",
+        FetchError::Decode(_) | FetchError::Place(_) => "local",
+        FetchError::Internal(_) => "internal",
+    }
+}
+
 /// How often free space is checked again while downloads are paused for it.
 const LOW_SPACE_RECHECK: Duration = Duration::from_secs(10);
 
@@ -223,7 +237,7 @@ impl Downloader {
     pub fn new(
         store: Store,
         client: Arc<Client>,
-        storage: Arc<Storage>,
+        sink: Arc<dyn Sink>,
         settings: DownloadSettings,
         wake: Arc<Notify>,
         health: Arc<Health>,
@@ -231,7 +245,7 @@ impl Downloader {
         Downloader {
             store,
             client,
-            storage,
+            sink,
             settings,
             wake,
             paused_until: Mutex::new(None),
@@ -255,14 +269,11 @@ impl Downloader {
         let mut adopted = 0;
         let mut requeued = 0;
         for item in items {
-            let storage = self.storage.clone();
+            let sink = self.sink.clone();
             let rel = item.path.clone();
-            let in_place = tokio::task::spawn_blocking(move || {
-                let exists = storage.abs(&rel).exists();
-                exists.then(|| storage.make_durable(&rel))
-            })
-            .await
-            .unwrap_or(None);
+            let in_place = tokio::task::spawn_blocking(move || sink.adopt(&rel).transpose())
+                .await
+                .unwrap_or(None);
             match in_place {
                 // Not recorded when claimed again by someone else meanwhile: theirs to land.
                 Some(Ok(bytes)) => {
@@ -366,7 +377,7 @@ impl Downloader {
             Some(due) if due <= now_ms() || due > now_ms() + crate::state::CLOCK_JUMP_MS => {}
             _ => return Ok(Step::Idle),
         }
-        if let Some((free, min)) = self.storage.low_on_space() {
+        if let Some((free, min)) = self.sink.low_on_space() {
             if self.pause("low on space", LOW_SPACE_RECHECK) {
                 warn!(
                     event = "downloads_paused",
@@ -490,48 +501,14 @@ impl Downloader {
     async fn failed(&self, item: &Claimed, e: FetchError, ms: u64) -> Result<Step, StoreError> {
         let error = e.to_string();
         let next = e.next(item);
-        let source = item.source.as_str();
-        let reason = match &e {
-            FetchError::Api(a) if a.is_same_id_block() => "same_id",
-            FetchError::Api(a) => a.status().map_or("network", |_| "http"),
-            FetchError::Decode(DecodeError::Network(_)) => "network",
-            FetchError::Decode(DecodeError::Corrupt(_)) => "corrupt",
-            FetchError::Decode(DecodeError::Length(_)) => "length",
-            FetchError::Decode(_) | FetchError::Place(_) => "local",
-            FetchError::Internal(_) => "internal",
-        };
         // Transient failures beyond download.max_attempts end like permanent ones.
         let exhausted =
             matches!(next, Next::Retry { .. }) && item.attempts >= self.settings.max_attempts;
         if matches!(next, Next::Fail) || exhausted {
-            let (error, what) = if exhausted {
-                (
-                    format!("gave up after {} attempts: {error}", item.attempts),
-                    "item failed after download.max_attempts; it will not be fetched again",
-                )
-            } else {
-                (
-                    error,
-                    "item failed permanently; it will not be fetched again (see `jma-poller status`)",
-                )
-            };
-            metrics::counter!(crate::metric::ITEMS_FAILED, "source" => source, "classification" => item.classification.clone()).increment(1);
-            self.store.mark_failed(item, &error, now_ms()).await?;
-            error!(
-                event = "failed",
-                source,
-                id = %item.id,
-                serial = item.serial,
-                classification = %item.classification,
-                attempt = item.attempts,
-                ms,
-                error = %error,
-                "{what}"
-            );
-            return Ok(Step::Failed);
+            return self.give_up(item, error, exhausted, ms).await;
         }
         if !matches!(next, Next::Requeue) {
-            metrics::counter!(crate::metric::RETRIES, "source" => source, "reason" => reason)
+            metrics::counter!(crate::metric::RETRIES, "source" => item.source.as_str(), "reason" => retry_reason(&e))
                 .increment(1);
         }
         match next {
@@ -540,101 +517,165 @@ impl Downloader {
                 debug!(event = "requeued", id = %item.id, "download interrupted by shutdown; queued again");
                 Ok(Step::Cancelled)
             }
-            Next::Pause { why, wait } => {
-                self.store
-                    .mark_retry(
-                        item,
-                        Some(&error),
-                        now_ms() + wait.as_millis() as i64,
-                        false,
-                    )
-                    .await?;
-                if self.pause(why, wait) {
-                    error!(
-                        event = "downloads_paused",
-                        id = %item.id,
-                        error = %error,
-                        pause_s = wait.as_secs(),
-                        "{why}; pausing downloads"
-                    );
-                }
-                Ok(Step::Retrying)
-            }
-            // Recorded above, with the exhausted retries.
+            Next::Pause { why, wait } => self.pause_for(item, &error, why, wait).await,
+            // Recorded by `give_up`, with the exhausted retries.
             Next::Fail => Ok(Step::Failed),
-            Next::Throttled { retry_after } => {
-                // Retry-After says when; without it (the provider's WAF sends none that is
-                // documented) start at a minute and grow to 45.
-                let base = if retry_after.is_some() {
-                    Duration::from_secs(2)
-                } else {
-                    Duration::from_secs(60)
-                };
-                let wait = crate::backoff::honour_retry_after(
-                    crate::backoff::delay(item.throttles + 1, base, Duration::from_secs(2700)),
-                    retry_after,
-                    Duration::from_secs(3600),
-                );
-                let due = self
-                    .store
-                    .mark_throttled(item, &error, now_ms() + wait.as_millis() as i64)
-                    .await?;
-                warn!(
-                    event = "throttled",
-                    source = item.source.as_str(),
-                    id = %item.id,
-                    serial = item.serial,
-                    classification = %item.classification,
-                    throttles = item.throttles + 1,
-                    retry_in_ms = (due - now_ms()).max(0),
-                    error = %error,
-                    "rate limited (429); backing off this item and the data budget"
-                );
-                Ok(Step::Retrying)
-            }
-            Next::SameId => {
-                // Rounded up, so the wait is never shorter than same_id_backoff.
-                let until = now_ms() + 1 + self.settings.same_id_backoff.as_millis() as i64;
-                let due = self.store.mark_same_id_blocked(item, &error, until).await?;
-                warn!(
-                    event = "same_id_blocked",
-                    source = item.source.as_str(),
-                    id = %item.id,
-                    serial = item.serial,
-                    classification = %item.classification,
-                    until = %fmt_ms(due),
-                    retry_in_ms = (due - now_ms()).max(0),
-                    error = %error,
-                    "the data host blocks this id for now (429 \"same data\"); it waits download.same_id_backoff, other ids go on"
-                );
-                Ok(Step::Retrying)
-            }
-            // Not sooner than the backoff, nor than refetch_delay after this request.
+            Next::Throttled { retry_after } => self.throttled(item, &error, retry_after).await,
+            Next::SameId => self.same_id_blocked(item, &error).await,
             Next::Retry { base, retry_after } => {
-                let wait = crate::backoff::honour_retry_after(
-                    crate::backoff::delay(item.attempts, base, Duration::from_secs(1800)),
-                    retry_after,
-                    Duration::from_secs(3600),
-                );
-                let due = self
-                    .store
-                    .mark_retry(item, Some(&error), now_ms() + wait.as_millis() as i64, true)
-                    .await?;
-                warn!(
-                    event = "retry",
-                    source = item.source.as_str(),
-                    id = %item.id,
-                    serial = item.serial,
-                    classification = %item.classification,
-                    attempt = item.attempts,
-                    ms,
-                    retry_in_ms = (due - now_ms()).max(0),
-                    error = %error,
-                    "download failed; will retry"
-                );
-                Ok(Step::Retrying)
+                self.retry_later(item, &error, base, retry_after, ms).await
             }
         }
+    }
+
+    /// A permanent failure, or transient ones beyond `download.max_attempts`: the item is
+    /// failed for good, with one ERROR line.
+    async fn give_up(
+        &self,
+        item: &Claimed,
+        error: String,
+        exhausted: bool,
+        ms: u64,
+    ) -> Result<Step, StoreError> {
+        let source = item.source.as_str();
+        let (error, what) = if exhausted {
+            (
+                format!("gave up after {} attempts: {error}", item.attempts),
+                "item failed after download.max_attempts; it will not be fetched again",
+            )
+        } else {
+            (
+                error,
+                "item failed permanently; it will not be fetched again (see `jma-poller status`)",
+            )
+        };
+        metrics::counter!(crate::metric::ITEMS_FAILED, "source" => source, "classification" => item.classification.clone()).increment(1);
+        self.store.mark_failed(item, &error, now_ms()).await?;
+        error!(
+            event = "failed",
+            source,
+            id = %item.id,
+            serial = item.serial,
+            classification = %item.classification,
+            attempt = item.attempts,
+            ms,
+            error = %error,
+            "{what}"
+        );
+        Ok(Step::Failed)
+    }
+
+    /// Storage or the key is unusable: the item waits `wait`, and so does every worker.
+    async fn pause_for(
+        &self,
+        item: &Claimed,
+        error: &str,
+        why: &'static str,
+        wait: Duration,
+    ) -> Result<Step, StoreError> {
+        self.store
+            .mark_retry(item, Some(error), now_ms() + wait.as_millis() as i64, false)
+            .await?;
+        if self.pause(why, wait) {
+            error!(
+                event = "downloads_paused",
+                id = %item.id,
+                error = %error,
+                pause_s = wait.as_secs(),
+                "{why}; pausing downloads"
+            );
+        }
+        Ok(Step::Retrying)
+    }
+
+    /// Rate limited (429): this item backs off, growing with its throttles.
+    async fn throttled(
+        &self,
+        item: &Claimed,
+        error: &str,
+        retry_after: Option<Duration>,
+    ) -> Result<Step, StoreError> {
+        // Retry-After says when; without it (the provider's WAF sends none that is
+        // documented) start at a minute and grow to 45.
+        let base = if retry_after.is_some() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(60)
+        };
+        let wait = crate::backoff::honour_retry_after(
+            crate::backoff::delay(item.throttles + 1, base, Duration::from_secs(2700)),
+            retry_after,
+            Duration::from_secs(3600),
+        );
+        let due = self
+            .store
+            .mark_throttled(item, error, now_ms() + wait.as_millis() as i64)
+            .await?;
+        warn!(
+            event = "throttled",
+            source = item.source.as_str(),
+            id = %item.id,
+            serial = item.serial,
+            classification = %item.classification,
+            throttles = item.throttles + 1,
+            retry_in_ms = (due - now_ms()).max(0),
+            error = %error,
+            "rate limited (429); backing off this item and the data budget"
+        );
+        Ok(Step::Retrying)
+    }
+
+    /// The data host blocks this id for now: it waits `download.same_id_backoff`.
+    async fn same_id_blocked(&self, item: &Claimed, error: &str) -> Result<Step, StoreError> {
+        // Rounded up, so the wait is never shorter than same_id_backoff.
+        let until = now_ms() + 1 + self.settings.same_id_backoff.as_millis() as i64;
+        let due = self.store.mark_same_id_blocked(item, error, until).await?;
+        warn!(
+            event = "same_id_blocked",
+            source = item.source.as_str(),
+            id = %item.id,
+            serial = item.serial,
+            classification = %item.classification,
+            until = %fmt_ms(due),
+            retry_in_ms = (due - now_ms()).max(0),
+            error = %error,
+            "the data host blocks this id for now (429 \"same data\"); it waits download.same_id_backoff, other ids go on"
+        );
+        Ok(Step::Retrying)
+    }
+
+    /// A transient failure: retried after the backoff, not sooner than refetch_delay after
+    /// this request.
+    async fn retry_later(
+        &self,
+        item: &Claimed,
+        error: &str,
+        base: Duration,
+        retry_after: Option<Duration>,
+        ms: u64,
+    ) -> Result<Step, StoreError> {
+        let wait = crate::backoff::honour_retry_after(
+            crate::backoff::delay(item.attempts, base, Duration::from_secs(1800)),
+            retry_after,
+            Duration::from_secs(3600),
+        );
+        let due = self
+            .store
+            .mark_retry(item, Some(error), now_ms() + wait.as_millis() as i64, true)
+            .await?;
+        warn!(
+            event = "retry",
+            source = item.source.as_str(),
+            id = %item.id,
+            serial = item.serial,
+            classification = %item.classification,
+            attempt = item.attempts,
+            ms,
+            retry_in_ms = (due - now_ms()).max(0),
+            error = %error,
+            "download failed; will retry"
+        );
+        Ok(Step::Retrying)
     }
 
     /// GET the body and decode it into `.tmp/`.
@@ -677,7 +718,7 @@ impl Downloader {
             .map_err(io::Error::other)
             .take_until(cancel.clone().cancelled_owned());
         let reader = SyncIoBridge::new(StreamReader::new(Box::pin(stream)));
-        let tmp = self.storage.tmp_dir().to_owned();
+        let tmp = self.sink.staging_dir().to_owned();
         let cancel = cancel.clone();
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
@@ -696,7 +737,7 @@ impl Downloader {
         item: &Claimed,
         decoded: Decoded,
     ) -> Result<(u64, u64, Vec<crate::state::FileDigest>), FetchError> {
-        let storage = self.storage.clone();
+        let sink = self.sink.clone();
         let rel = item.path.clone();
         let Decoded {
             staged,
@@ -709,13 +750,10 @@ impl Downloader {
         for warning in warnings {
             warning.report(item);
         }
-        tokio::task::spawn_blocking(move || match staged {
-            Staged::File(f) => storage.place_file(f, &rel),
-            Staged::Dir(d) => storage.place_dir(d, &rel),
-        })
-        .await
-        .map_err(|e| FetchError::Internal(format!("placing task: {e}")))?
-        .map_err(FetchError::Place)?;
+        tokio::task::spawn_blocking(move || sink.commit(staged, &rel))
+            .await
+            .map_err(|e| FetchError::Internal(format!("placing task: {e}")))?
+            .map_err(FetchError::Place)?;
         Ok((bytes, raw_bytes, digests))
     }
 

@@ -7,9 +7,9 @@ use url::Url;
 
 use crate::api::models::{ArchiveItem, JmaFileItem};
 use crate::api::trust::TrustedHosts;
-use crate::storage::{jmafile_rel_path, safe_component};
+use crate::sink::layout;
+use crate::storage::safe_component;
 
-use crate::model::plan::truncate_at_char;
 pub use crate::model::plan::{Child, Compression, Layout, NAME_MAX, Plan, disambiguate};
 
 /// A listed item ready to store: either downloadable, or refused with a reason.
@@ -107,7 +107,7 @@ pub fn plan_jmafile(
             },
         )
     };
-    let rel_path = jmafile_rel_path(&item.classification, item.received_time, &leaf)?;
+    let rel_path = layout::jmafile(&item.classification, item.received_time, &leaf)?;
     Ok(Planned {
         plan: Plan {
             compression,
@@ -117,7 +117,7 @@ pub fn plan_jmafile(
     })
 }
 
-/// `archive/{classification}/{YYYY-MM-DD}` (the JST date the archive covers), unpacked.
+/// A daily archive: unpacked into its day's folder ([`layout::archive`]).
 pub fn plan_archive(
     item: &ArchiveItem,
     trusted: &TrustedHosts,
@@ -129,17 +129,9 @@ pub fn plan_archive(
             url.host_str().unwrap_or("?").to_owned(),
         ));
     }
-    let classification = safe_component(&item.classification)?;
-    let d = item.date;
-    let date = format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day());
-    // A classification may be up to 255 bytes (it is a folder name of its own), so the
-    // tarball's name shortens it to stay within the file system's 255-byte name limit.
-    let keep_tarball = keep_tarball.then(|| {
-        let prefix = format!("{:04}{:02}{:02}-", d.year(), u8::from(d.month()), d.day());
-        let suffix = ".tar.gz";
-        let room = NAME_MAX - prefix.len() - suffix.len();
-        format!("{prefix}{}{suffix}", truncate_at_char(classification, room))
-    });
+    let rel_path = layout::archive(&item.classification, item.date)?;
+    let keep_tarball =
+        keep_tarball.then(|| layout::archive_tarball(&item.classification, item.date));
     Ok(Planned {
         plan: Plan {
             compression: Compression::Gzip,
@@ -149,7 +141,7 @@ pub fn plan_archive(
                 keep_tarball,
             },
         },
-        rel_path: format!("archive/{classification}/{date}"),
+        rel_path,
     })
 }
 

@@ -27,11 +27,10 @@ use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::FailureLog;
-use super::jmafile::PollError;
+use super::runner::{self, Backoff, Handled, Next};
+use super::{FailureLog, PollError};
 use crate::api::Client;
 use crate::api::models::{ArchiveItem, raw_identity};
 use crate::config::ArchiveSettings;
@@ -284,6 +283,8 @@ pub struct ArchivePoller {
     health: Arc<Health>,
     /// The role lease every commit is fenced with (None: unfenced, tests of the poller alone).
     lease: Option<Arc<crate::cluster::RoleLease>>,
+    /// Classifications the contract refused, and when each is asked again.
+    refused: BTreeMap<String, Refusal>,
 }
 
 #[derive(Debug, Clone)]
@@ -311,6 +312,7 @@ impl ArchivePoller {
             wake,
             health,
             lease: None,
+            refused: BTreeMap::new(),
         }
     }
 
@@ -556,151 +558,121 @@ impl ArchivePoller {
         );
     }
 
-    /// Checks every `archive.check_interval` until `cancel`; failures back off and retry.
-    pub async fn run(self, cancel: CancellationToken) {
-        let mut next_at = Instant::now();
-        if let Ok(Some(Cursor {
+    /// The first check after a start waits what is left of `archive.check_interval` since
+    /// the last one.
+    async fn first_wait(&self) -> Duration {
+        let Ok(Some(Cursor {
             last_poll_ms: Some(last),
             ..
         })) = self.store.cursor(CURSOR).await
-        {
-            let interval = self.settings.check_interval.as_millis() as i64;
-            // Clamped against a wall clock that went back.
-            let wait_ms = (last + interval - now_ms()).min(interval);
-            if wait_ms > 0 {
-                next_at += Duration::from_millis(wait_ms as u64);
-            }
+        else {
+            return Duration::ZERO;
+        };
+        let interval = self.settings.check_interval.as_millis() as i64;
+        // Clamped against a wall clock that went back.
+        let wait_ms = (last + interval - now_ms()).min(interval);
+        Duration::from_millis(wait_ms.max(0) as u64)
+    }
+
+    /// Logs a successful check (the runner counts it).
+    fn report(&self, report: &CheckReport, started: Instant) {
+        let ms = started.elapsed().as_millis() as u64;
+        if report.new + report.refused > 0 {
+            info!(
+                event = "archive_check",
+                new = report.new,
+                refused = report.refused,
+                pages = report.pages,
+                since = %fmt_date(report.since),
+                ms,
+                "listed {} new archive(s)",
+                report.new + report.refused
+            );
+        } else {
+            debug!(
+                event = "archive_check",
+                new = 0,
+                pages = report.pages,
+                ms,
+                "no new archives"
+            );
         }
-        let mut failures = FailureLog::default();
-        let mut refused = BTreeMap::new();
-        loop {
-            let wake_at = refused
-                .values()
-                .map(|r: &Refusal| r.due)
-                .chain([next_at])
-                .min()
-                .unwrap_or(next_at);
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(wake_at) => {}
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.ask_refused_again(&mut refused) => {}
-            }
-            if Instant::now() < next_at {
-                continue;
-            }
-            let started = Instant::now();
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = self.check_covered(&mut refused) => r,
-            };
-            let Some(result) = result.transpose() else {
-                // Every classification is refused: each is asked again on its own.
-                next_at = Instant::now() + self.settings.check_interval;
-                continue;
-            };
-            match &result {
-                Ok(report) => {
-                    self.health.poll_succeeded("archive");
-                    metrics::counter!(crate::metric::POLLS, "source" => "archive", "result" => "ok").increment(1);
-                    metrics::counter!(crate::metric::ITEMS_LISTED, "source" => "archive")
-                        .increment((report.new + report.refused) as u64);
-                }
-                Err(e) => {
-                    self.health.poll_failed(&e.to_string());
-                    metrics::counter!(crate::metric::POLLS, "source" => "archive", "result" => "error").increment(1);
-                }
-            }
-            let wait = match result {
-                Ok(report) => {
-                    let recovered = failures.recovered();
-                    if recovered > 0 {
-                        info!(
-                            event = "archive_recovered",
-                            failures = recovered,
-                            "archive checks work again"
-                        );
-                    }
-                    let ms = started.elapsed().as_millis() as u64;
-                    if report.new + report.refused > 0 {
-                        info!(
-                            event = "archive_check",
-                            new = report.new,
-                            refused = report.refused,
-                            pages = report.pages,
-                            since = %fmt_date(report.since),
-                            ms,
-                            "listed {} new archive(s)",
-                            report.new + report.refused
-                        );
-                    } else {
-                        debug!(
-                            event = "archive_check",
-                            new = 0,
-                            pages = report.pages,
-                            ms,
-                            "no new archives"
-                        );
-                    }
-                    self.settings.check_interval
-                }
-                Err(e) => {
-                    let n = failures.consecutive + 1;
-                    let auth = matches!(&e, PollError::Api(a) if a.is_auth());
-                    let tls = matches!(&e, PollError::Api(a) if a.is_certificate());
-                    let retry_after = match &e {
-                        PollError::Api(a) => a.retry_after(),
-                        _ => None,
-                    };
-                    let base = if auth {
-                        Duration::from_secs(300)
-                    } else {
-                        Duration::from_secs(10)
-                    };
-                    let wait = crate::backoff::honour_retry_after(
-                        crate::backoff::delay(n, base, self.settings.check_interval.max(base)),
-                        retry_after,
-                        Duration::from_secs(3600),
-                    );
-                    let kind = match (auth, tls) {
-                        (true, _) => "auth",
-                        (_, true) => "tls",
-                        _ => "other",
-                    };
-                    let logged = failures.failed(kind);
-                    if logged && tls {
-                        error!(
-                            event = "tls_refused",
-                            error = %e,
-                            attempt = n,
-                            retry_in_ms = wait.as_millis() as u64,
-                            "archive check failed: the server's TLS certificate was refused; backing off"
-                        );
-                    } else if logged {
-                        let hint = if auth {
-                            "; the key may lack archive.list or a contract for these classifications"
-                        } else {
-                            ""
-                        };
-                        warn!(
-                            event = "archive_check_failed",
-                            error = %e,
-                            attempt = n,
-                            retry_in_ms = wait.as_millis() as u64,
-                            "archive check failed{hint}; backing off"
-                        );
-                    }
-                    let _ = self
-                        .store
-                        .record_poll_error(CURSOR, &e.to_string(), now_ms())
-                        .await;
-                    wait
-                }
-            };
-            next_at = Instant::now() + wait + wait.mul_f64(fastrand::f64() * 0.05);
-        }
+    }
+}
+
+/// The archive check in the [`runner`]: the runner schedules, backs off and counts; the
+/// check knows its contract units and asks refused ones again meanwhile.
+impl runner::Source for ArchivePoller {
+    fn source(&self) -> &'static str {
+        "archive"
+    }
+
+    fn unit(&self) -> &str {
+        CURSOR
+    }
+
+    async fn first_wait(&mut self) -> Duration {
+        ArchivePoller::first_wait(self).await
+    }
+
+    async fn step(&mut self) -> Result<Next, PollError> {
+        let started = Instant::now();
+        let mut refused = std::mem::take(&mut self.refused);
+        let result = self.check_covered(&mut refused).await;
+        self.refused = refused;
+        let Some(report) = result? else {
+            // Every classification is refused: each is asked again on its own.
+            return Ok(Next::Idle(self.settings.check_interval));
+        };
+        self.report(&report, started);
+        Ok(Next::Listed {
+            items: (report.new + report.refused) as u64,
+            wait: self.settings.check_interval,
+        })
+    }
+
+    async fn failed(&mut self, error: PollError, _: &mut FailureLog) -> Handled {
+        let auth = matches!(&error, PollError::Api(a) if a.is_auth());
+        let tls = matches!(&error, PollError::Api(a) if a.is_certificate());
+        let retry_after = match &error {
+            PollError::Api(a) => a.retry_after(),
+            _ => None,
+        };
+        let base = if auth {
+            Duration::from_secs(300)
+        } else {
+            Duration::from_secs(10)
+        };
+        let _ = self
+            .store
+            .record_poll_error(CURSOR, &error.to_string(), now_ms())
+            .await;
+        Handled::Backoff(Backoff {
+            kind: match (auth, tls) {
+                (true, _) => "auth",
+                (_, true) => "tls",
+                _ => "other",
+            },
+            base,
+            cap: self.settings.check_interval.max(base),
+            floor: Duration::ZERO,
+            retry_after,
+            hint: if auth {
+                "; the key may lack archive.list or a contract for these classifications"
+            } else {
+                ""
+            },
+        })
+    }
+
+    fn meanwhile_due(&self) -> Option<Instant> {
+        self.refused.values().map(|r| r.due).min()
+    }
+
+    async fn meanwhile(&mut self) {
+        let mut refused = std::mem::take(&mut self.refused);
+        self.ask_refused_again(&mut refused).await;
+        self.refused = refused;
     }
 }
 

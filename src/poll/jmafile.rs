@@ -30,8 +30,8 @@
 //!   naming `jmafile.types`, readiness failing, a long backoff, never a re-baseline loop.
 //! * `datetime` never reaches back further than the month the API keeps ([`API_KEEPS`]).
 //!
-//! Cancellation: the loop stops at waits and while a list call is in flight; a commit that has
-//! started always finishes.
+//! Driven by [`super::runner`]: it stops at waits and while a list call is in flight; a commit
+//! that has started always finishes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,9 +41,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+pub use super::PollError;
+use super::runner::{self, Backoff, Handled, Next};
 use super::streams::{Filter, Stream};
 use super::{FailureLog, Pacer};
 use crate::api::models::{JmaFileItem, ListPage, raw_identity};
@@ -52,8 +53,8 @@ use crate::config::JmaFileSettings;
 use crate::download::plan::plan_jmafile;
 use crate::health::Health;
 use crate::model::{Cursor, NewItem, Source, now_ms};
+use crate::state::Store;
 use crate::state::prelude::*;
-use crate::state::{Store, StoreError};
 
 /// The cursor of the stream without `type` (the only one before streams existed).
 pub const CURSOR: &str = super::streams::ALL;
@@ -88,21 +89,6 @@ pub const LIST_GAP: Duration = Duration::from_millis(600);
 /// Each stream still waits its own `nextPoolingInterval` on top.
 pub fn list_pacer() -> Pacer {
     Pacer::new(LIST_GAP)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PollError {
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// HTTP 400 to a jmafile list call; `with_cursor` says whether it carried a cursorToken.
-    #[error("{source}")]
-    Refused {
-        with_cursor: bool,
-        #[source]
-        source: ApiError,
-    },
 }
 
 /// Filters a cursor was made with; the API wants them resent with every cursorToken.
@@ -142,6 +128,18 @@ pub struct PollReport {
     /// Items the server sent that this stream does not want (a lone identifier's
     /// over-matches), not recorded.
     pub dropped: usize,
+}
+
+/// A page's entries sorted by [`JmaFilePoller::sort_entries`].
+struct Sorted {
+    /// To record.
+    entries: Vec<Entry>,
+    /// An entry reached the horizon or the watermark: nothing older needs paging.
+    reached: bool,
+    /// The highest serial on the page within the horizon.
+    page_high: Option<u64>,
+    /// Entries the stream does not want.
+    dropped: usize,
 }
 
 /// One entry of a page: parsed, or malformed with whatever identity it has.
@@ -225,6 +223,10 @@ pub struct JmaFilePoller {
     health: Arc<Health>,
     /// The role lease every commit is fenced with (None: unfenced, tests of the poller alone).
     lease: Option<Arc<crate::cluster::RoleLease>>,
+    /// The API has answered this process (a refused key is fatal only before that).
+    contacted: bool,
+    /// HTTP 400s in a row to requests that carried a cursor.
+    cursor_refusals: u32,
 }
 
 fn utc_stamp(t: OffsetDateTime) -> String {
@@ -281,6 +283,8 @@ impl JmaFilePoller {
             backlog_pages: AtomicU32::new(0),
             health,
             lease: None,
+            contacted: false,
+            cursor_refusals: 0,
         }
     }
 
@@ -430,7 +434,7 @@ impl JmaFilePoller {
             }
             Err(e) => return Err(e.into()),
         };
-        self.step(
+        self.record_page(
             page,
             cursor,
             query,
@@ -442,7 +446,7 @@ impl JmaFilePoller {
     }
 
     /// The database half of a step; not cancelled once started.
-    async fn step(
+    async fn record_page(
         &self,
         page: ListPage,
         mut cursor: Cursor,
@@ -458,100 +462,153 @@ impl JmaFilePoller {
             .clamp(MIN_INTERVAL, Duration::from_secs(3600));
         let watermark = cursor.high_serial;
         let full = page.items.len() >= self.settings.limit as usize;
-        let fresh_since = query
-            .fresh_since
-            .as_deref()
-            .and_then(|s| crate::api::models::parse_time(s).ok());
-        let mut reached = false;
-        let mut page_high: Option<u64> = None;
-        let mut dropped = 0;
-        let mut entries = Vec::with_capacity(page.items.len());
-        for raw in page.items {
-            let entry = Entry::parse(raw, page.response_time.as_deref());
-            if let Entry::Ok(item) = &entry {
-                let ms = time_to_ms(item.received_time);
-                cursor.last_received_ms = Some(cursor.last_received_ms.map_or(ms, |l| l.max(ms)));
-                if item.received_time < horizon {
-                    reached = true;
-                    continue;
-                }
-                // Serials only tell where to stop; the item is kept (a known id is ignored on
-                // insert), so an out-of-order serial cannot hide a new item.
-                if watermark.is_some_and(|w| item.serial <= w) {
-                    reached = true;
-                }
-                page_high = Some(page_high.map_or(item.serial, |h| h.max(item.serial)));
-                let identifier = item.identifier();
-                let before_backfill = fresh_since.is_some_and(|f| item.received_time < f)
-                    && identifier.as_ref().is_some_and(|i| query.fresh.contains(i));
-                if !self.stream.keeps(identifier.as_deref()) || before_backfill {
-                    dropped += 1;
-                    continue;
-                }
-            }
-            entries.push(entry);
-        }
-        if dropped > 0 {
-            debug!(
-                event = "items_dropped",
-                stream = %self.stream.name,
-                dropped,
-                "items the stream does not want (a lone identifier is a prefix match upstream, or older than the backfill of a new type)"
-            );
-        }
-        let paging_on = page.next_token.is_some() && !reached;
-        let mut more = false;
-        if is_backlog {
-            let pages = self.backlog_pages.fetch_add(1, Ordering::Relaxed) + 1;
-            if paging_on && pages < MAX_PAGES {
-                cursor.backlog_token = page.next_token;
-                more = true;
-            } else {
-                if paging_on {
-                    error!(
-                        event = "paging_capped",
-                        stream = %self.stream.name,
-                        pages,
-                        "stopped paging back after {pages} pages; older items of this backlog may be missing \
-                         (narrow jmafile.types?)"
-                    );
-                }
-                cursor.token = cursor.backlog_pooling.take();
-                cursor.high_serial = max_opt(cursor.backlog_high.take(), watermark);
-                cursor.backlog_token = None;
-                self.backlog_pages.store(0, Ordering::Relaxed);
-            }
+        let sorted = self.sort_entries(
+            page.items,
+            page.response_time.as_deref(),
+            &mut cursor,
+            &query,
+            horizon,
+        );
+        let paging_on = page.next_token.is_some() && !sorted.reached;
+        let more = if is_backlog {
+            self.advance_backlog(&mut cursor, page.next_token, paging_on, watermark)
         } else {
             let pooling = page.next_pooling.ok_or_else(|| ApiError::Malformed {
                 endpoint: ENDPOINT.into(),
                 detail: "nextPooling is missing".into(),
             })?;
-            let head_high = max_opt(page_high, watermark);
+            let head_high = max_opt(sorted.page_high, watermark);
             if paging_on {
                 // More behind this page: page back before adopting the new position.
                 cursor.backlog_token = page.next_token;
                 cursor.backlog_pooling = Some(pooling);
                 cursor.backlog_high = head_high;
                 self.backlog_pages.store(0, Ordering::Relaxed);
-                more = true;
-            } else if is_pull && full && page.next_token.is_none() && !reached {
+                true
+            } else if is_pull && full && page.next_token.is_none() && !sorted.reached {
                 warn!(
                     event = "full_page",
                     stream = %self.stream.name,
-                    items = entries.len(),
+                    items = sorted.entries.len(),
                     "a full PuLL page came without nextToken; listing again without a cursor, back to the last known serial, so nothing is skipped"
                 );
                 cursor.token = None;
+                false
             } else {
                 cursor.token = Some(pooling);
                 cursor.high_serial = head_high;
+                false
             }
-        }
-
-        let items = self.new_items(entries);
-        let now = now_ms();
+        };
         cursor.query = serde_json::to_string(&query).unwrap_or_else(|_| "{}".into());
         cursor.interval_ms = Some(interval.as_millis() as i64);
+        let (new, refused) = self.commit(cursor, sorted.entries).await?;
+        Ok(PollReport {
+            new,
+            refused,
+            backlog: is_backlog,
+            more,
+            interval,
+            dropped: sorted.dropped,
+        })
+    }
+
+    /// Parses a page's entries and keeps those to record; notes how far the page reaches
+    /// (the horizon, the watermark) and the newest receivedTime seen in `cursor`.
+    fn sort_entries(
+        &self,
+        raw_items: Vec<serde_json::Value>,
+        response_time: Option<&str>,
+        cursor: &mut Cursor,
+        query: &Query,
+        horizon: OffsetDateTime,
+    ) -> Sorted {
+        let watermark = cursor.high_serial;
+        let fresh_since = query
+            .fresh_since
+            .as_deref()
+            .and_then(|s| crate::api::models::parse_time(s).ok());
+        let mut sorted = Sorted {
+            entries: Vec::with_capacity(raw_items.len()),
+            reached: false,
+            page_high: None,
+            dropped: 0,
+        };
+        for raw in raw_items {
+            let entry = Entry::parse(raw, response_time);
+            if let Entry::Ok(item) = &entry {
+                let ms = time_to_ms(item.received_time);
+                cursor.last_received_ms = Some(cursor.last_received_ms.map_or(ms, |l| l.max(ms)));
+                if item.received_time < horizon {
+                    sorted.reached = true;
+                    continue;
+                }
+                // Serials only tell where to stop; the item is kept (a known id is ignored on
+                // insert), so an out-of-order serial cannot hide a new item.
+                if watermark.is_some_and(|w| item.serial <= w) {
+                    sorted.reached = true;
+                }
+                sorted.page_high =
+                    Some(sorted.page_high.map_or(item.serial, |h| h.max(item.serial)));
+                let identifier = item.identifier();
+                let before_backfill = fresh_since.is_some_and(|f| item.received_time < f)
+                    && identifier.as_ref().is_some_and(|i| query.fresh.contains(i));
+                if !self.stream.keeps(identifier.as_deref()) || before_backfill {
+                    sorted.dropped += 1;
+                    continue;
+                }
+            }
+            sorted.entries.push(entry);
+        }
+        if sorted.dropped > 0 {
+            debug!(
+                event = "items_dropped",
+                stream = %self.stream.name,
+                dropped = sorted.dropped,
+                "items the stream does not want (a lone identifier is a prefix match upstream, or older than the backfill of a new type)"
+            );
+        }
+        sorted
+    }
+
+    /// After a backlog page: page on (true), or, at the watermark or the paging guard, adopt
+    /// the head's position and watermark the backlog was started for.
+    fn advance_backlog(
+        &self,
+        cursor: &mut Cursor,
+        next_token: Option<String>,
+        paging_on: bool,
+        watermark: Option<u64>,
+    ) -> bool {
+        let pages = self.backlog_pages.fetch_add(1, Ordering::Relaxed) + 1;
+        if paging_on && pages < MAX_PAGES {
+            cursor.backlog_token = next_token;
+            return true;
+        }
+        if paging_on {
+            error!(
+                event = "paging_capped",
+                stream = %self.stream.name,
+                pages,
+                "stopped paging back after {pages} pages; older items of this backlog may be missing \
+                 (narrow jmafile.types?)"
+            );
+        }
+        cursor.token = cursor.backlog_pooling.take();
+        cursor.high_serial = max_opt(cursor.backlog_high.take(), watermark);
+        cursor.backlog_token = None;
+        self.backlog_pages.store(0, Ordering::Relaxed);
+        false
+    }
+
+    /// The page's items and the new cursor state in one transaction; returns (new, refused).
+    async fn commit(
+        &self,
+        mut cursor: Cursor,
+        entries: Vec<Entry>,
+    ) -> Result<(usize, usize), PollError> {
+        let items = self.new_items(entries);
+        let now = now_ms();
         cursor.last_poll_ms = Some(now);
         let fence = self.lease.as_ref().map(|l| l.fence()).transpose()?;
         let committed = self
@@ -574,14 +631,7 @@ impl JmaFilePoller {
         if committed.inserted > 0 {
             self.wake.notify_waiters();
         }
-        Ok(PollReport {
-            new: committed.inserted,
-            refused: committed.refused,
-            backlog: is_backlog,
-            more,
-            interval,
-            dropped,
-        })
+        Ok((committed.inserted, committed.refused))
     }
 
     /// The page's entries as rows to record, oldest first (so arrival order and insertion
@@ -642,12 +692,9 @@ impl JmaFilePoller {
         items
     }
 
-    /// Polls until `cancel`. Returns an error only when the key is refused on the very first
-    /// request of the process (a misconfiguration that retrying cannot fix).
-    pub async fn run(self, cancel: CancellationToken) -> Result<(), ApiError> {
-        let name = self.stream.name.clone();
-        let mut next_at = Instant::now();
-        match self.store.cursor(&name).await {
+    /// The first step after a start waits a full stored interval.
+    async fn first_wait(&self) -> Duration {
+        match self.store.cursor(&self.stream.name).await {
             Ok(Some(Cursor {
                 interval_ms: Some(interval),
                 ..
@@ -657,128 +704,19 @@ impl JmaFilePoller {
                 // abandons it, `kill -9` too), whose response the server sent but nobody
                 // recorded. That response came before this start, so one interval from now
                 // is never too soon, whatever happened; it costs one interval per restart.
-                let interval = Duration::from_millis(interval.max(0) as u64)
-                    .clamp(MIN_INTERVAL, Duration::from_secs(3600));
-                next_at += interval;
+                Duration::from_millis(interval.max(0) as u64)
+                    .clamp(MIN_INTERVAL, Duration::from_secs(3600))
             }
-            Ok(_) => {}
+            Ok(_) => Duration::ZERO,
             Err(e) => {
-                warn!(event = "poll_failed", stream = %name, error = %e, "cannot read the cursor; will retry")
+                warn!(event = "poll_failed", stream = %self.stream.name, error = %e, "cannot read the cursor; will retry");
+                Duration::ZERO
             }
-        }
-        let mut failures = FailureLog::default();
-        let mut contacted = false;
-        // HTTP 400s in a row to requests that carried a cursor.
-        let mut cursor_refusals = 0u32;
-        // The watchdog is fed while the loop keeps these promises (see `health`).
-        let grace = self.client.list_timeout() + Duration::from_secs(60);
-        loop {
-            self.health.promise_for(
-                &name,
-                next_at.saturating_duration_since(Instant::now()) + grace,
-            );
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(next_at) => {}
-            }
-            self.health.promise_for(&name, grace);
-            let started = Instant::now();
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                r = self.poll_once() => r,
-            };
-            // Any answer but 402 says the contract covers this stream.
-            if matches!(result, Ok(_) | Err(PollError::Refused { .. })) {
-                self.health.contract_covered(&name);
-            }
-            match &result {
-                Ok(_) => {
-                    self.health.poll_succeeded("jmafile");
-                    self.health.stream_succeeded(&name);
-                    metrics::counter!(crate::metric::POLLS, "source" => "jmafile", "result" => "ok").increment(1);
-                }
-                Err(e) => {
-                    self.health.poll_failed(&e.to_string());
-                    metrics::counter!(crate::metric::POLLS, "source" => "jmafile", "result" => "error").increment(1);
-                }
-            }
-            if !matches!(result, Err(PollError::Refused { .. })) {
-                cursor_refusals = 0;
-            }
-            let wait = match result {
-                Ok(report) => {
-                    contacted = true;
-                    if self.report(&report, &mut failures, started) {
-                        // Paging back a backlog: the next page goes out at once (the shared
-                        // pacing and the api budget space it); the interval applies to head
-                        // polls.
-                        next_at = Instant::now();
-                        continue;
-                    }
-                    report.interval
-                }
-                Err(PollError::Refused {
-                    with_cursor: true,
-                    source,
-                }) => {
-                    contacted = true;
-                    cursor_refusals += 1;
-                    self.cursor_refused(&source, cursor_refusals).await;
-                    if cursor_refusals >= 2 || matches!(source, ApiError::InvalidCursor { .. }) {
-                        cursor_refusals = 0;
-                    }
-                    self.interval_hint().await
-                }
-                Err(PollError::Refused {
-                    with_cursor: false,
-                    source,
-                }) => {
-                    contacted = true;
-                    self.types_refused(&source, &mut failures).await
-                }
-                Err(PollError::Api(e)) if e.is_no_contract() => {
-                    self.no_contract(&e, &mut failures).await
-                }
-                Err(PollError::Api(e)) if e.is_auth() => {
-                    if !contacted {
-                        return Err(e);
-                    }
-                    if failures.failed("auth") {
-                        error!(
-                            event = "auth_refused",
-                            stream = %name,
-                            error = %e,
-                            "the API key was refused; check api.key / api.key_file and the key's permissions in the dmdata.jp console. Retrying every {}s",
-                            AUTH_BACKOFF.as_secs()
-                        );
-                    }
-                    let _ = self
-                        .store
-                        .record_stream_error(&name, &self.query_json(), &e.to_string(), now_ms())
-                        .await;
-                    crate::backoff::delay(2, AUTH_BACKOFF, AUTH_BACKOFF * 2)
-                }
-                Err(e) => self.failed(&e, &mut failures).await,
-            };
-            // Never sooner than the interval after the last response; up to 10 % later so
-            // many clients do not poll in lockstep.
-            next_at = Instant::now() + wait + wait.mul_f64(fastrand::f64() * 0.1);
         }
     }
 
-    /// Logs a successful step; true when a backlog page should follow at once.
-    fn report(&self, report: &PollReport, failures: &mut FailureLog, started: Instant) -> bool {
-        metrics::counter!(crate::metric::ITEMS_LISTED, "source" => "jmafile")
-            .increment((report.new + report.refused) as u64);
-        let recovered = failures.recovered();
-        if recovered > 0 {
-            info!(
-                event = "poll_recovered",
-                stream = %self.stream.name,
-                failures = recovered,
-                "polling works again after {recovered} failed attempt(s)"
-            );
-        }
+    /// Logs a successful step (the runner counts it).
+    fn report(&self, report: &PollReport, started: Instant) {
         let ms = started.elapsed().as_millis() as u64;
         if report.new > 0 || report.refused > 0 {
             info!(
@@ -801,7 +739,41 @@ impl JmaFilePoller {
                 "no new items"
             );
         }
-        report.more
+    }
+
+    /// An HTTP 400 to a request that carried a cursor, `self.cursor_refusals` in a row.
+    async fn refused_with_cursor(&mut self, error: &ApiError) -> Duration {
+        self.contacted = true;
+        self.cursor_refusals += 1;
+        self.cursor_refused(error, self.cursor_refusals).await;
+        if self.cursor_refusals >= 2 || matches!(error, ApiError::InvalidCursor { .. }) {
+            self.cursor_refusals = 0;
+        }
+        self.interval_hint().await
+    }
+
+    /// The key refused after this process has been answered before (it may be fixed
+    /// upstream): one ERROR line per change, retried every [`AUTH_BACKOFF`] or so.
+    async fn auth_refused(&self, e: &ApiError, failures: &mut FailureLog) -> Duration {
+        if failures.failed("auth") {
+            error!(
+                event = "auth_refused",
+                stream = %self.stream.name,
+                error = %e,
+                "the API key was refused; check api.key / api.key_file and the key's permissions in the dmdata.jp console. Retrying every {}s",
+                AUTH_BACKOFF.as_secs()
+            );
+        }
+        self.record_error(&e.to_string()).await;
+        crate::backoff::delay(2, AUTH_BACKOFF, AUTH_BACKOFF * 2)
+    }
+
+    /// Keeps the error in the stream's cursor row (for `status`).
+    async fn record_error(&self, error: &str) {
+        let _ = self
+            .store
+            .record_stream_error(&self.stream.name, &self.query_json(), error, now_ms())
+            .await;
     }
 
     /// A 400 to a request that carried a cursor: the documented `cursorToken` message drops
@@ -856,10 +828,7 @@ impl JmaFilePoller {
             );
         }
         self.health.stream_refused(&self.stream.name, &reason);
-        let _ = self
-            .store
-            .record_stream_error(&self.stream.name, &self.query_json(), &reason, now_ms())
-            .await;
+        self.record_error(&reason).await;
         wait
     }
 
@@ -890,20 +859,13 @@ impl JmaFilePoller {
             &self.stream.name,
             &format!("stream {}: no contract ({message})", self.stream.name),
         );
-        let _ = self
-            .store
-            .record_stream_error(
-                &self.stream.name,
-                &self.query_json(),
-                &error.to_string(),
-                now_ms(),
-            )
-            .await;
+        self.record_error(&error.to_string()).await;
         wait
     }
 
-    /// Any other failure: backoff with jitter, honouring Retry-After, logged once per change.
-    async fn failed(&self, e: &PollError, failures: &mut FailureLog) -> Duration {
+    /// Any other failure: the runner backs off (never sooner than the stream's interval),
+    /// honouring Retry-After, logged once per change.
+    async fn plain_failure(&self, e: &PollError) -> Backoff {
         let (kind, transient, retry_after) = match e {
             PollError::Api(a) if a.is_certificate() => ("tls", false, None),
             PollError::Api(a) => ("api", a.is_transient(), a.retry_after()),
@@ -911,49 +873,19 @@ impl JmaFilePoller {
             PollError::Refused { source, .. } => ("api", false, source.retry_after()),
         };
         let floor = self.interval_hint().await;
-        let n = failures.consecutive + 1;
-        let base = if transient {
-            Duration::from_secs(2)
-        } else {
-            Duration::from_secs(30)
-        };
-        let wait = crate::backoff::honour_retry_after(
-            crate::backoff::delay(n, base, Duration::from_secs(300)).max(floor),
+        self.record_error(&e.to_string()).await;
+        Backoff {
+            kind,
+            base: if transient {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_secs(30)
+            },
+            cap: Duration::from_secs(300),
+            floor,
             retry_after,
-            Duration::from_secs(3600),
-        );
-        let logged = failures.failed(kind);
-        if logged && kind == "tls" {
-            error!(
-                event = "tls_refused",
-                stream = %self.stream.name,
-                error = %e,
-                attempt = n,
-                retry_in_ms = wait.as_millis() as u64,
-                "poll failed: the server's TLS certificate was refused; backing off"
-            );
-        } else if logged {
-            warn!(
-                event = "poll_failed",
-                stream = %self.stream.name,
-                error = %e,
-                attempt = n,
-                retry_in_ms = wait.as_millis() as u64,
-                "poll failed; backing off"
-            );
-        } else {
-            debug!(event = "poll_failed", stream = %self.stream.name, error = %e, attempt = n, "poll failed again");
+            hint: "",
         }
-        let _ = self
-            .store
-            .record_stream_error(
-                &self.stream.name,
-                &self.query_json(),
-                &e.to_string(),
-                now_ms(),
-            )
-            .await;
-        wait
     }
 
     /// The stream's filters, for a cursor row made by an error.
@@ -973,6 +905,73 @@ impl JmaFilePoller {
             })) if ms > 0 => Duration::from_millis(ms as u64),
             _ => DEFAULT_INTERVAL,
         }
+    }
+}
+
+/// A stream in the [`runner`]: the runner schedules and counts; the stream knows what its
+/// refusals mean (a refused cursor, refused types, no contract, a refused key).
+impl runner::Source for JmaFilePoller {
+    fn source(&self) -> &'static str {
+        "jmafile"
+    }
+
+    fn unit(&self) -> &str {
+        &self.stream.name
+    }
+
+    /// The watchdog is fed while every stream keeps its schedule (see `health`).
+    fn watchdog_grace(&self) -> Option<Duration> {
+        Some(self.client.list_timeout() + Duration::from_secs(60))
+    }
+
+    async fn first_wait(&mut self) -> Duration {
+        JmaFilePoller::first_wait(self).await
+    }
+
+    async fn step(&mut self) -> Result<Next, PollError> {
+        let started = Instant::now();
+        let report = self.poll_once().await?;
+        self.contacted = true;
+        self.cursor_refusals = 0;
+        // Any answer but 402 says the contract covers this stream.
+        self.health.contract_covered(&self.stream.name);
+        self.health.stream_succeeded(&self.stream.name);
+        self.report(&report, started);
+        let items = (report.new + report.refused) as u64;
+        // Paging back a backlog: the next page goes out at once (the shared pacing and the
+        // api budget space it); the interval applies to head polls.
+        let wait = if report.more {
+            Duration::ZERO
+        } else {
+            report.interval
+        };
+        Ok(Next::Listed { items, wait })
+    }
+
+    async fn failed(&mut self, error: PollError, failures: &mut FailureLog) -> Handled {
+        if matches!(error, PollError::Refused { .. }) {
+            self.health.contract_covered(&self.stream.name);
+        } else {
+            self.cursor_refusals = 0;
+        }
+        let wait = match error {
+            PollError::Refused {
+                with_cursor: true,
+                source,
+            } => self.refused_with_cursor(&source).await,
+            PollError::Refused {
+                with_cursor: false,
+                source,
+            } => {
+                self.contacted = true;
+                self.types_refused(&source, failures).await
+            }
+            PollError::Api(e) if e.is_no_contract() => self.no_contract(&e, failures).await,
+            PollError::Api(e) if e.is_auth() && !self.contacted => return Handled::Fatal(e),
+            PollError::Api(e) if e.is_auth() => self.auth_refused(&e, failures).await,
+            e => return Handled::Backoff(self.plain_failure(&e).await),
+        };
+        Handled::Wait(wait)
     }
 }
 

@@ -1,9 +1,13 @@
-//! Scheduler tasks that list new items and hand them to the downloader through SQLite.
-//! Each exposes a step (`poll_once`) that tests drive directly, and a thin `run` loop that only
-//! waits, backs off and watches for shutdown.
+//! List sources: they list new items and hand them to the downloader through the state store.
+//! Each is a [`runner::Source`] (one step: one listing committed with its cursor; what its own
+//! refusals mean) driven by the one loop in [`runner`], which owns the schedule, cancellation,
+//! backoff with `Retry-After`, throttled failure logs, health, poll metrics and the jitter.
+//! JmaFile PuLL ([`jmafile`], one runner per stream planned by [`streams`]) and daily archives
+//! ([`archive`]) are the two sources; a third is one file here plus its config section.
 
 pub mod archive;
 pub mod jmafile;
+pub mod runner;
 pub mod streams;
 
 use std::time::Duration;
@@ -12,7 +16,25 @@ use std::time::Duration;
 /// again: a contract can be added at any time, and asking more often would only add load.
 pub const NO_CONTRACT_RETRY: Duration = Duration::from_secs(15 * 60);
 
+use crate::api::ApiError;
 use crate::model::{NewItem, Source, now_ms};
+use crate::state::StoreError;
+
+/// Why a step of a list source failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// HTTP 400 to a jmafile list call; `with_cursor` says whether it carried a cursorToken.
+    #[error("{source}")]
+    Refused {
+        with_cursor: bool,
+        #[source]
+        source: ApiError,
+    },
+}
 
 /// A list entry that did not parse but has an id: recorded as failed with the reason, so it is
 /// visible in `status` and never fetched. Its fields are whatever could be read.
