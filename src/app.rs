@@ -24,7 +24,7 @@ use crate::poll::archive::ArchivePoller;
 use crate::poll::jmafile::JmaFilePoller;
 use crate::poll::streams::StreamPlan;
 use crate::state::prelude::*;
-use crate::state::{Store, StoreError};
+use crate::state::{DatabaseTarget, Store, StoreError};
 use crate::storage::{Storage, StorageError};
 
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -182,18 +182,24 @@ impl Application {
         let key = settings.api_key()?;
         let listener = bind(&settings).await?;
         crate::telemetry::metrics();
-        let storage = Arc::new(
-            Storage::open(&settings.storage.data_dir)?
-                .with_min_free(settings.storage.min_free.as_u64()),
-        );
-        let store = Store::open(&settings.storage.database_path())
+        let target = settings.storage.database_target()?;
+        // The data dir's `.lock` keeps a second daemon off a SQLite node's files; on
+        // PostgreSQL the nodes share the database (node identity in it takes the lock's place).
+        let storage = match &target {
+            DatabaseTarget::Sqlite(_) => Storage::open(&settings.storage.data_dir)?,
+            DatabaseTarget::Postgres(_) => Storage::open_unlocked(&settings.storage.data_dir)?,
+        };
+        let storage = Arc::new(storage.with_min_free(settings.storage.min_free.as_u64()));
+        let store = Store::open(&target)
             .await?
             .with_node(settings.cluster.node())
             .with_hooks(!settings.hooks.on_file.is_empty())
             .with_refetch_delay(settings.download.refetch_delay);
         // SQLite: the data dir's lock (taken above) already proves no other process runs as
-        // this node, so a registration left by a killed predecessor is taken at once.
-        let membership = Membership::join(&store, settings.cluster.lease, true).await?;
+        // this node, so a registration left by a killed predecessor is taken at once. On
+        // PostgreSQL no lock was taken: the registry alone decides (a live one refuses us).
+        let exclusive = matches!(target, DatabaseTarget::Sqlite(_));
+        let membership = Membership::join(&store, settings.cluster.lease, exclusive).await?;
         let client = client(&settings, key, &store).await?;
         let health = Arc::new(Health::default());
         health.set_files(store.done_count().await?);
@@ -386,7 +392,7 @@ fn log_started(settings: &Settings) {
         event = "started",
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %settings.storage.data_dir.display(),
-        database = %settings.storage.database_path().display(),
+        database = %settings.storage.database_shown(),
         base_url = %settings.api.base_url,
         types = ?settings.jmafile.types,
         archives = settings.archive.enabled,

@@ -140,7 +140,7 @@ pub async fn run(
 ) -> Result<Report, RunError> {
     let key = settings.api_key()?;
     // Items landed here get their hook run recorded; the daemon's runner executes it.
-    let store = Store::open(&settings.storage.database_path())
+    let store = Store::open(settings.storage.database_target()?)
         .await?
         .with_hooks(!settings.hooks.on_file.is_empty())
         .with_refetch_delay(settings.download.refetch_delay);

@@ -11,6 +11,9 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::state::DatabaseTarget;
+use crate::state::postgres::PgTarget;
+
 /// Prefix of the environment variables that override the file, e.g. `JMA_POLLER__API__KEY`.
 pub const ENV_PREFIX: &str = "JMA_POLLER";
 
@@ -115,14 +118,19 @@ impl Default for ApiSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` by hand: `database` may be a URL with a password, shown as `***`.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// Root of the mirror; also holds `.tmp/` for partial files (same filesystem, so the final
     /// rename is atomic).
     pub data_dir: PathBuf,
-    /// SQLite state file; default `{data_dir}/state.sqlite`.
+    /// Where the state lives: a SQLite file (default `{data_dir}/state.sqlite`), or a
+    /// PostgreSQL URL (`postgres://user@host:5432/db?sslmode=verify-full&sslrootcert=…`).
     pub database: Option<PathBuf>,
+    /// The PostgreSQL password, from this file (a systemd credential `database_password` is
+    /// read when unset), unless the URL carries one.
+    pub database_password_file: Option<PathBuf>,
     /// Remove files (and their rows) older than this; off when unset. Age is the item's
     /// `receivedTime` (an archive's date). Items still queued or in flight are never touched.
     #[serde(with = "humantime_serde")]
@@ -140,17 +148,85 @@ impl Default for StorageSettings {
         StorageSettings {
             data_dir,
             database: None,
+            database_password_file: None,
             retention: None,
             min_free: ByteSize::mib(256),
         }
     }
 }
 
+impl fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("data_dir", &self.data_dir)
+            .field("database", &self.database_shown())
+            .field("database_password_file", &self.database_password_file)
+            .field("retention", &self.retention)
+            .field("min_free", &self.min_free)
+            .finish()
+    }
+}
+
 impl StorageSettings {
+    /// The SQLite file (meaningless when `storage.database` is a URL: see
+    /// [`StorageSettings::database_target`]).
     pub fn database_path(&self) -> PathBuf {
         self.database
             .clone()
             .unwrap_or_else(|| self.data_dir.join("state.sqlite"))
+    }
+
+    /// `storage.database` when it is a URL (anything with `://`) rather than a path.
+    pub fn database_url(&self) -> Option<&str> {
+        let text = self.database.as_deref()?.to_str()?;
+        text.contains("://").then_some(text)
+    }
+
+    /// How to name the database to an operator: the path, or the URL without its password.
+    pub fn database_shown(&self) -> String {
+        match self.database_url() {
+            Some(url) => crate::state::postgres::redact(url),
+            None => self.database_path().display().to_string(),
+        }
+    }
+
+    /// Where the state lives: the SQLite file, or the PostgreSQL database with its password
+    /// (from the URL, `storage.database_password_file` or the systemd credential
+    /// `database_password`).
+    pub fn database_target(&self) -> Result<DatabaseTarget, ConfigError> {
+        let Some(url) = self.database_url() else {
+            return Ok(DatabaseTarget::Sqlite(self.database_path()));
+        };
+        let password = self.database_password()?;
+        let target = PgTarget::parse(url, password.as_ref().map(Secret::expose))
+            .map_err(|m| ConfigError::invalid("storage.database", m))?;
+        Ok(DatabaseTarget::Postgres(Box::new(target)))
+    }
+
+    /// The password file's first line, if a file names one.
+    fn database_password(&self) -> Result<Option<Secret>, ConfigError> {
+        const KEY: &str = "storage.database_password_file";
+        let path = match &self.database_password_file {
+            Some(path) => path.clone(),
+            None => match std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| PathBuf::from(d).join("database_password"))
+                .filter(|p| p.is_file())
+            {
+                Some(path) => path,
+                None => return Ok(None),
+            },
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::invalid(KEY, format!("cannot read {}: {e}", path.display()))
+        })?;
+        let password = text.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            return Err(ConfigError::invalid(
+                KEY,
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(Some(Secret::new(password)))
     }
 }
 
@@ -559,6 +635,16 @@ impl Settings {
                 "both api.key and api.key_file are set; keep only one",
             ));
         }
+        if let Some(url) = self.storage.database_url() {
+            PgTarget::parse(url, None).map_err(|m| ConfigError::invalid("storage.database", m))?;
+            let has_password = url::Url::parse(url).is_ok_and(|u| u.password().is_some());
+            if has_password && self.storage.database_password_file.is_some() {
+                return Err(ConfigError::invalid(
+                    "storage.database_password_file",
+                    "the storage.database URL carries a password too; keep only one",
+                ));
+            }
+        }
         if api.timeout < Duration::from_secs(1) {
             return Err(ConfigError::invalid("api.timeout", "must be at least 1s"));
         }
@@ -824,7 +910,7 @@ impl Settings {
     /// The effective configuration as TOML, secrets shown as `***`.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
-        shown.storage.database = Some(self.storage.database_path());
+        shown.storage.database = Some(PathBuf::from(self.storage.database_shown()));
         shown.limits.data_burst = Some(self.limits.effective_data_burst());
         shown.limits.api_burst = Some(self.limits.effective_api_burst());
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -1006,6 +1092,73 @@ mod tests {
         assert_eq!(s.api_key().unwrap().expose(), "sekrit-key-123");
         assert!(!format!("{s:?}").contains("sekrit"));
         assert!(!s.to_toml().contains("sekrit"));
+    }
+
+    /// A path keeps SQLite; a postgres URL selects PostgreSQL, its password from the URL or
+    /// a file (trimmed), never shown by Debug or check-config; a malformed URL or two passwords
+    /// fail at load naming the setting.
+    #[test]
+    fn database_urls_select_postgres_and_their_password_never_shows() {
+        let s = load_from(
+            None,
+            env(&[("JMA_POLLER__STORAGE__DATABASE", "/x/s.sqlite")]),
+        )
+        .unwrap();
+        assert!(matches!(
+            s.storage.database_target().unwrap(),
+            DatabaseTarget::Sqlite(p) if p == Path::new("/x/s.sqlite")
+        ));
+        let url = "postgres://poller:sekrit-pw@db.example:6543/jma?sslmode=require";
+        let s = load_from(None, env(&[("JMA_POLLER__STORAGE__DATABASE", url)])).unwrap();
+        match s.storage.database_target().unwrap() {
+            DatabaseTarget::Postgres(t) => assert_eq!(t.server(), "db.example:6543"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{s:?}").contains("sekrit"), "{s:?}");
+        assert!(!s.to_toml().contains("sekrit"));
+        assert!(s.to_toml().contains("poller:***@db.example"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let p = file.to_str().unwrap();
+        let msg = err_of(load_from(
+            None,
+            env(&[
+                ("JMA_POLLER__STORAGE__DATABASE", url),
+                ("JMA_POLLER__STORAGE__DATABASE_PASSWORD_FILE", p),
+            ]),
+        ));
+        assert!(msg.contains("storage.database_password_file"), "{msg}");
+        let s = load_from(
+            None,
+            env(&[
+                (
+                    "JMA_POLLER__STORAGE__DATABASE",
+                    "postgresql://poller@db/jma",
+                ),
+                ("JMA_POLLER__STORAGE__DATABASE_PASSWORD_FILE", p),
+            ]),
+        )
+        .unwrap();
+        let target = s.storage.database_target().unwrap();
+        assert!(!format!("{target:?}").contains("from-file"));
+        std::fs::write(&file, "\n").unwrap();
+        let msg = s.storage.database_target().unwrap_err().to_string();
+        assert!(msg.contains("storage.database_password_file"), "{msg}");
+
+        for bad in [
+            "postgres://",
+            "mysql://u@h/db",
+            "postgres://u:pw@h/db?sslmode=maybe",
+        ] {
+            let msg = err_of(load_from(
+                None,
+                env(&[("JMA_POLLER__STORAGE__DATABASE", bad)]),
+            ));
+            assert!(msg.starts_with("storage.database:"), "{bad}: {msg}");
+            assert!(!msg.contains(":pw@"), "{bad}: {msg}");
+        }
     }
 
     #[test]

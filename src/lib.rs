@@ -5,7 +5,8 @@
 //! * [`model`] — the domain: item ids, sources, item states, holds, cursors, claims and leases,
 //!   plans and layout keys, times. Depends on nothing else in the crate.
 //! * [`state`] — the state store behind traits (cursors, queue and claims, fetch log, hooks,
-//!   reports) and its contract suite; [`state::sqlite`] is the backend, the only SQL.
+//!   reports) and its contract suite; [`state::sqlite`] (the default) and [`state::postgres`]
+//!   are the backends, the only SQL; [`state::Store`] is the one `storage.database` names.
 //! * [`catalog`] — the provider's catalog of jmafile products (identifiers, file names).
 //! * [`config`] — layered settings (defaults → TOML → `JMA_POLLER__*` env), validation.
 //! * [`api`] — the dmdata.jp client: auth, trusted hosts, request budgets, typed errors.
@@ -31,6 +32,7 @@
 //! * [`freshness`] — per-classification freshness and lateness; [`verify`] — the mirror on
 //!   disk against what was recorded; [`status_page`] — `GET /`; [`digest`] — SHA-256 while
 //!   streaming.
+//! * [`testing`] — what the tests share (a throwaway PostgreSQL server).
 //! * [`sim`] — a simulator of the API for `demo` and the tests, with its own statement of the
 //!   on-disk layout (the oracle the tests compare the mirror against).
 
@@ -58,5 +60,6 @@ pub mod state;
 pub mod status_page;
 pub mod storage;
 pub mod telemetry;
+pub mod testing;
 pub mod verify;
 pub mod worker;

@@ -129,11 +129,47 @@ pub struct Storage {
 impl Storage {
     /// Creates the data dir, takes the lock, and removes partial files left by a crash.
     pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        Storage::open_with(data_dir, true)
+    }
+
+    /// Like [`Storage::open`], without the `.lock`: for a node on a shared PostgreSQL store,
+    /// where the database, not a file on this disk, says who runs (issue 13).
+    pub fn open_unlocked(data_dir: &Path) -> Result<Storage, StorageError> {
+        Storage::open_with(data_dir, false)
+    }
+
+    fn open_with(data_dir: &Path, take_lock: bool) -> Result<Storage, StorageError> {
         let io_err = |source| StorageError::DataDir {
             path: data_dir.to_owned(),
             source,
         };
         fs::create_dir_all(data_dir).map_err(io_err)?;
+        let lock = if take_lock {
+            Some(Storage::lock(data_dir)?)
+        } else {
+            None
+        };
+        let storage = Storage {
+            data_dir: data_dir.to_owned(),
+            tmp_dir: data_dir.join(TMP_DIR),
+            _lock: lock,
+            durable: Default::default(),
+            min_free: 0,
+        };
+        storage.sweep_tmp().map_err(io_err)?;
+        fs::create_dir_all(&storage.tmp_dir).map_err(io_err)?;
+        // A probe write: a read-only or full data dir should fail now, naming the setting,
+        // not on the first download.
+        NamedTempFile::new_in(&storage.tmp_dir).map_err(io_err)?;
+        Ok(storage)
+    }
+
+    /// Takes the data dir's `.lock` (held until the process ends).
+    fn lock(data_dir: &Path) -> Result<File, StorageError> {
+        let io_err = |source| StorageError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        };
         let lock_path = data_dir.join(LOCK_FILE);
         // Created once, then held open read-only: flock needs no write access, and a file kept
         // open for writing would stop the filesystem from being remounted read-only.
@@ -156,19 +192,7 @@ impl Storage {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
         }
-        let storage = Storage {
-            data_dir: data_dir.to_owned(),
-            tmp_dir: data_dir.join(TMP_DIR),
-            _lock: Some(lock),
-            durable: Default::default(),
-            min_free: 0,
-        };
-        storage.sweep_tmp().map_err(io_err)?;
-        fs::create_dir_all(&storage.tmp_dir).map_err(io_err)?;
-        // A probe write: a read-only or full data dir should fail now, naming the setting,
-        // not on the first download.
-        NamedTempFile::new_in(&storage.tmp_dir).map_err(io_err)?;
-        Ok(storage)
+        Ok(lock)
     }
 
     /// Removes everything under `.tmp/`; returns how many entries were removed.

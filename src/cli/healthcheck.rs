@@ -46,7 +46,11 @@ async fn healthcheck(settings: &Settings) -> Result<(), Failure> {
         }
         return Err(Failure::from((1, format!("{url}: {}", body.trim()))));
     }
-    let store = Store::open_read_only(&settings.storage.database_path())
+    let target = settings
+        .storage
+        .database_target()
+        .map_err(|e| Failure::from((2, e)))?;
+    let store = Store::open_read_only(&target)
         .await
         .map_err(|e| Failure::from((1, e)))?;
     let report = store.status().await.map_err(|e| Failure::from((1, e)))?;

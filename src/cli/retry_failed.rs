@@ -19,14 +19,19 @@ pub(super) async fn retry_failed(
             Failure::from((2, format!("--source {s:?}: use jmafile or archive")))
         })?),
     };
-    let path = settings.storage.database_path();
-    if !path.exists() {
+    let target = settings
+        .storage
+        .database_target()
+        .map_err(|e| Failure::from((2, e)))?;
+    if let Some(path) = target.sqlite_path()
+        && !path.exists()
+    {
         return Err(Failure::from((
             1,
             format!("no database at {}", path.display()),
         )));
     }
-    let store = Store::open(&path)
+    let store = Store::open(&target)
         .await
         .map_err(|e| Failure::from((1, e)))?;
     let (queued, left) = store

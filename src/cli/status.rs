@@ -100,8 +100,11 @@ pub(super) fn ago(ms: Option<i64>) -> String {
 
 /// `jma-poller status`.
 pub(super) async fn status(settings: &Settings, json: bool) -> Result<(), Failure> {
-    let path = settings.storage.database_path();
-    let store = Store::open_read_only(&path)
+    let target = settings
+        .storage
+        .database_target()
+        .map_err(|e| Failure::from((2, e)))?;
+    let store = Store::open_read_only(&target)
         .await
         .map_err(|e| Failure::from((1, e)))?;
     let report = store.status().await.map_err(|e| Failure::from((1, e)))?;
@@ -130,7 +133,7 @@ pub(super) async fn status(settings: &Settings, json: bool) -> Result<(), Failur
         println!("{text}");
         return Ok(());
     }
-    println!("database: {}", path.display());
+    println!("database: {}", target.shown());
     print_cluster(&nodes, &leaders);
     if report.cursors.is_empty() {
         println!("cursor:   none yet (the daemon has not completed a poll)");

@@ -27,19 +27,24 @@ pub(super) async fn command(
 /// `jma-poller verify`: runs both passes, prints the findings (or the JSON report) and the
 /// summary line; exit [`crate::verify::EXIT_DAMAGED`] when anything was found.
 async fn verify(settings: &Settings, repair: bool, json: bool) -> Result<(), Failure> {
-    let path = settings.storage.database_path();
-    if !path.exists() {
+    let target = settings
+        .storage
+        .database_target()
+        .map_err(|e| Failure::from((2, e)))?;
+    if let Some(path) = target.sqlite_path()
+        && !path.exists()
+    {
         return Err(Failure::from((
             1,
             format!("no database at {} (storage.database)", path.display()),
         )));
     }
-    let store = Store::open(&path)
+    let store = Store::open(&target)
         .await
         .map_err(|e| Failure::from((1, e)))?;
     let opts = crate::verify::Options {
         data_dir: settings.storage.data_dir.clone(),
-        database: path,
+        database: std::path::PathBuf::from(target.shown()),
         repair,
         progress: true,
     };

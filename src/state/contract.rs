@@ -618,3 +618,8 @@ async fn the_request_ledger_never_overbooks<S: StateStore>(store: S) {
     );
     store.close().await;
 }
+
+/// A jmafile item received now, for backends' own tests.
+pub(crate) fn sample_item(id: &str) -> NewItem {
+    item(Source::Jmafile, id, now_ms())
+}

@@ -1,7 +1,9 @@
 //! The state store: cursors, the download queue with its claims, the fetch log, hook runs and
 //! reports, behind traits ([`StateStore`] and its parts), so a second backend is one module.
-//! [`sqlite`] is today's backend (the only SQL in the crate, migrations embedded); [`Store`]
-//! names the backend the daemon uses.
+//! [`sqlite`] is the default backend, [`postgres`] the second (several nodes on one database);
+//! they hold the only SQL in the crate, each with its migrations embedded. [`Store`] is the
+//! backend the daemon runs on, chosen by `storage.database` ([`DatabaseTarget`]): a path is
+//! SQLite, a `postgres://` URL PostgreSQL.
 //!
 //! Promises every backend keeps, checked by the `contract` suite (`src/state/contract.rs`):
 //! * every write is one commit; listing is idempotent on `(source, id)`;
@@ -23,10 +25,11 @@ pub use crate::model::{
 
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod postgres;
 pub mod sqlite;
+mod store;
 
-/// The backend this build runs on.
-pub type Store = sqlite::SqliteStore;
+pub use store::{DatabaseTarget, Store};
 
 pub use sqlite::monitor::{DamagedRepair, FileDigest, FreshnessRow, VerifyItem};
 
@@ -63,6 +66,17 @@ pub enum StoreError {
     Backend(#[source] BoxError),
     #[error("database row for item {id}: {detail}")]
     BadRow { id: String, detail: String },
+    /// A database server that does not answer (or refuses us) at start. `target` is the URL
+    /// without its password.
+    #[error(
+        "storage.database {target}: cannot connect to the PostgreSQL server at {server}: {source}"
+    )]
+    Unreachable {
+        target: String,
+        server: String,
+        #[source]
+        source: BoxError,
+    },
     /// A commit carried a leadership token that is no longer current: another node took the
     /// role since (this one was paused, cut off or too slow to renew). Nothing was written.
     #[error(

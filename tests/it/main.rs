@@ -12,6 +12,7 @@ mod hostile;
 mod monitor;
 mod ops;
 mod polite;
+mod postgres;
 mod process;
 mod prometheus;
 mod prop;

@@ -351,8 +351,8 @@ pub(super) fn claimed_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Claimed,
 
 #[cfg(test)]
 mod tests {
+    use super::SqliteStore as Store;
     use super::*;
-    use crate::state::Store;
 
     /// The backends' contract, against SQLite (a fresh file per case).
     #[tokio::test]
