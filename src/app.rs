@@ -186,8 +186,12 @@ impl Application {
         // The data dir's `.lock` keeps a second daemon off a SQLite node's files; on
         // PostgreSQL the nodes share the database (node identity in it takes the lock's place).
         let storage = match &target {
-            DatabaseTarget::Sqlite(_) => Storage::open(&settings.storage.data_dir)?,
-            DatabaseTarget::Postgres(_) => Storage::open_unlocked(&settings.storage.data_dir)?,
+            DatabaseTarget::Sqlite(_) => {
+                Storage::open_as(&settings.storage.data_dir, &settings.cluster.node(), true)?
+            }
+            DatabaseTarget::Postgres(_) => {
+                Storage::open_as(&settings.storage.data_dir, &settings.cluster.node(), false)?
+            }
         };
         let storage = Arc::new(storage.with_min_free(settings.storage.min_free.as_u64()));
         let store = Store::open(&target)

@@ -47,14 +47,16 @@ impl RoleLease {
 
     /// The leadership to fence a commit with: refused (nothing committed) when this node does
     /// not lead the role, as a stale token would be by the store.
+    /// A lease that ran out by this node's clock (it was paused, or could not renew) is not
+    /// offered either: the store would most likely refuse it, and it is not ours to use.
     pub fn fence(&self) -> Result<Leadership, StoreError> {
-        self.current
-            .borrow()
-            .clone()
-            .ok_or_else(|| StoreError::Fenced {
+        match self.current.borrow().clone() {
+            Some(lead) if now_ms() <= lead.until_ms => Ok(lead),
+            held => Err(StoreError::Fenced {
                 role: self.role.to_owned(),
-                fencing: 0,
-            })
+                fencing: held.map_or(0, |l| l.fencing),
+            }),
+        }
     }
 
     pub fn leading(&self) -> bool {

@@ -5,9 +5,11 @@
 //! * `jmafile/{classification}/{YYYY-MM-DD}/{name}` — one file per item, date = UTC date of
 //!   `receivedTime`; a `concat` item is a folder of its children.
 //! * `archive/{classification}/{YYYY-MM-DD}` — a daily archive, unpacked.
-//! * `.tmp/` — partial files (staging). Everything here is garbage after a crash and is
-//!   removed on start.
-//! * `.lock` — held by the running daemon so two daemons never share a data dir.
+//! * `.tmp/{node_id}/` — one node's partial files (staging). Everything there is garbage after
+//!   a crash and is removed when that node starts; nodes sharing the dir never touch each
+//!   other's.
+//! * `.lock` — held by a single node (SQLite) so two daemons never share its data dir; nodes
+//!   of a cluster (PostgreSQL) share the dir, and the database's node registry says who runs.
 //!
 //! Durability promise: a file or folder appears under its final name only complete and fsynced
 //! (write to `.tmp/`, fsync, rename, fsync the directory), so a path that exists is a whole item.
@@ -127,18 +129,21 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Creates the data dir, takes the lock, and removes partial files left by a crash.
+    /// Creates the data dir, takes the lock, and removes partial files left by a crash, for
+    /// the node named after this host.
     pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
-        Storage::open_with(data_dir, true)
+        Storage::open_as(data_dir, &crate::model::NodeId::from_host(), true)
     }
 
-    /// Like [`Storage::open`], without the `.lock`: for a node on a shared PostgreSQL store,
-    /// where the database, not a file on this disk, says who runs (issue 13).
-    pub fn open_unlocked(data_dir: &Path) -> Result<Storage, StorageError> {
-        Storage::open_with(data_dir, false)
-    }
-
-    fn open_with(data_dir: &Path, take_lock: bool) -> Result<Storage, StorageError> {
+    /// Opens the data dir for node `node`: it stages in `.tmp/{node}/` (on the same
+    /// filesystem as the data, so renames stay atomic) and sweeps only that at start, so nodes
+    /// sharing the dir never remove each other's partial files. `take_lock`: a single node
+    /// also takes `.lock`, keeping a second daemon off its files.
+    pub fn open_as(
+        data_dir: &Path,
+        node: &crate::model::NodeId,
+        take_lock: bool,
+    ) -> Result<Storage, StorageError> {
         let io_err = |source| StorageError::DataDir {
             path: data_dir.to_owned(),
             source,
@@ -151,11 +156,12 @@ impl Storage {
         };
         let storage = Storage {
             data_dir: data_dir.to_owned(),
-            tmp_dir: data_dir.join(TMP_DIR),
+            tmp_dir: data_dir.join(TMP_DIR).join(node.as_str()),
             _lock: lock,
             durable: Default::default(),
             min_free: 0,
         };
+        storage.sweep_legacy_tmp().map_err(io_err)?;
         storage.sweep_tmp().map_err(io_err)?;
         fs::create_dir_all(&storage.tmp_dir).map_err(io_err)?;
         // A probe write: a read-only or full data dir should fail now, naming the setting,
@@ -195,7 +201,33 @@ impl Storage {
         Ok(lock)
     }
 
-    /// Removes everything under `.tmp/`; returns how many entries were removed.
+    /// Removes partial files an older version staged directly in `.tmp/`. Their names start
+    /// with a dot (the temp-file crate's `.tmp…`); node ids never do, so no node's staging
+    /// dir is touched.
+    fn sweep_legacy_tmp(&self) -> io::Result<()> {
+        let top = self.data_dir.join(TMP_DIR);
+        let entries = match fs::read_dir(&top) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes everything under this node's staging dir; returns how many entries were
+    /// removed.
     fn sweep_tmp(&self) -> io::Result<usize> {
         let mut removed = 0;
         let entries = match fs::read_dir(&self.tmp_dir) {
@@ -414,6 +446,28 @@ impl Sink for Storage {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Nodes sharing a data dir stage apart and sweep only their own leftovers; what an older
+    /// version left directly in `.tmp/` is swept by whoever starts.
+    #[test]
+    fn each_node_stages_and_sweeps_only_its_own_tmp_dir() {
+        use crate::model::NodeId;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Storage::open_as(dir.path(), &NodeId("a".into()), false).unwrap();
+        let b = Storage::open_as(dir.path(), &NodeId("b".into()), false).unwrap();
+        assert_eq!(a.tmp_dir(), dir.path().join(".tmp/a"));
+        let b_partial = b.tmp_dir().join("partial");
+        std::fs::write(&b_partial, b"half a body").unwrap();
+        let a_partial = a.tmp_dir().join("partial");
+        std::fs::write(&a_partial, b"half a body").unwrap();
+        let legacy = dir.path().join(".tmp/.tmpAbC123");
+        std::fs::write(&legacy, b"old").unwrap();
+        drop(a);
+        let _a = Storage::open_as(dir.path(), &NodeId("a".into()), false).unwrap();
+        assert!(!a_partial.exists(), "a's own leftovers are swept");
+        assert!(!legacy.exists(), "an older version's leftovers are swept");
+        assert!(b_partial.exists(), "b's partial file is b's business");
+    }
 
     #[test]
     fn hostile_names_are_refused() {

@@ -265,6 +265,14 @@ impl PgServer {
             .status();
     }
 
+    /// Starts the server again on the same port and data after [`PgServer::stop_immediately`]
+    /// (crash recovery runs as after a real crash).
+    pub fn start_again(&self) {
+        if let Err(e) = self.pg_ctl_start("") {
+            panic!("PostgreSQL did not start again: {e}");
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -198,7 +198,7 @@ fn report_hang(test: &str, secs: u64, root: &Path) {
 }
 
 /// The last `n` lines of a log file (empty if it cannot be read).
-fn log_tail(path: &Path, n: usize) -> String {
+pub fn log_tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -314,6 +314,16 @@ impl Proc {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sends `sig` ("-STOP", "-CONT", …) without waiting for anything.
+    pub fn signal(&self, sig: &str) {
+        signal(&self.child, sig);
+    }
+
+    /// Still running (not exited)?
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILL, then the exit status (the kernel ends a killed process without its help).

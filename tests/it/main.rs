@@ -4,6 +4,7 @@
 mod archive;
 mod budget;
 mod cli;
+mod cluster;
 mod common;
 mod contract;
 mod crash;
