@@ -78,9 +78,10 @@ struct State {
     log: VecDeque<Instant>,
     /// GCRA theoretical arrival time.
     tat: Instant,
-    /// The same pacing applied again when a grant is let go after booking it in the shared
-    /// ledger: bookings take variable time, and must not bunch paced grants together.
-    release_tat: Instant,
+    /// The latest grant let go after its booking in the shared ledger, and when: bookings take
+    /// variable time, and the grants after a slow one keep their spacing behind it instead of
+    /// bunching up (the pace is kept, a burst stays a burst).
+    released: Option<(Instant, Instant)>,
     /// Set after a 429 so nobody sends until the upstream's Retry-After has passed.
     paused_until: Option<Instant>,
     granted_total: u64,
@@ -120,7 +121,7 @@ impl Budget {
             state: Mutex::new(State {
                 log: VecDeque::new(),
                 tat: Instant::now(),
-                release_tat: Instant::now(),
+                released: None,
                 paused_until: None,
                 granted_total: 0,
             }),
@@ -188,7 +189,7 @@ impl Budget {
                     };
                     match self.book(&permit).await {
                         None => {
-                            self.pace_release().await;
+                            self.pace_release(at).await;
                             return permit;
                         }
                         // Dropping the permit gives the local grant back.
@@ -203,20 +204,23 @@ impl Budget {
         }
     }
 
-    /// After a booking: waits until the pacing lets this grant go, so grants whose bookings
-    /// took different times still leave evenly (a no-op without a shared ledger).
-    async fn pace_release(&self) {
-        let (Some(_), Some(l)) = (self.ledger.get(), self.limit) else {
+    /// After a booking: lets the grant made at `granted` go no sooner after the previous one
+    /// than it was granted after it (a no-op without a shared ledger).
+    async fn pace_release(&self, granted: Instant) {
+        if self.ledger.get().is_none() {
             return;
-        };
+        }
         loop {
             let wait = {
                 let mut st = self.lock();
                 let now = Instant::now();
-                match st.release_tat.checked_sub(l.tolerance) {
-                    Some(earliest) if now < earliest => earliest,
+                match st.released {
+                    Some((prev, at)) if granted > prev && now < at + (granted - prev) => {
+                        at + (granted - prev)
+                    }
+                    Some((prev, _)) if granted <= prev => return,
                     _ => {
-                        st.release_tat = st.release_tat.max(now) + l.interval;
+                        st.released = Some((granted, now));
                         return;
                     }
                 }
