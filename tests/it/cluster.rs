@@ -50,6 +50,10 @@ impl Cluster {
     }
 
     fn spawn(&self, sim: &Sim, id: &str) -> Proc {
+        self.spawn_with(sim, id, &[])
+    }
+
+    fn spawn_with(&self, sim: &Sim, id: &str, extra: &[(&str, &str)]) -> Proc {
         let mut envs = self.env.binary_env(sim);
         envs.retain(|(k, _)| k != "JMA_POLLER__LIMITS__DATA_REQUESTS");
         envs.extend(
@@ -63,6 +67,11 @@ impl Cluster {
                 ("JMA_POLLER__DOWNLOAD__CONCURRENCY", "2"),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        envs.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         spawn_bin(&["run"], &envs, &self.log(id))
     }
@@ -426,4 +435,102 @@ async fn nodes_wait_out_a_postgres_restart_and_lose_nothing() {
     cluster.assert_exactly_once(&items);
     // The restart may cut downloads short (each node's 2 workers, once).
     assert_polite(&sim, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_see_the_cluster_and_a_second_process_with_a_live_node_id_is_refused() {
+    let Some(pg) = PgServer::start() else {
+        return;
+    };
+    let sim = Sim::start(sim_config()).await.unwrap();
+    let items: Vec<SimItem> = (0..3).map(|_| sim.add(ItemSpec::default())).collect();
+    let mut cluster = Cluster::start(&pg, &sim, 0).await;
+    let ports = [crate::ops::free_port(), crate::ops::free_port()];
+    for (i, port) in ports.iter().enumerate() {
+        let id = format!("n{}", i + 1);
+        let listen = format!("127.0.0.1:{port}");
+        let proc = cluster.spawn_with(&sim, &id, &[("JMA_POLLER__SERVER__LISTEN", &listen)]);
+        cluster.nodes.push((id, Some(proc)));
+    }
+    let leader = cluster.wait_for_leader(None, Duration::from_secs(30)).await;
+    wait_until(Duration::from_secs(30), "the items land", || async {
+        all_landed(&cluster.env.data_dir, &items)
+    })
+    .await;
+    let port_of = |id: &str| ports[if id == "n1" { 0 } else { 1 }];
+    let standby = if leader == "n1" { "n2" } else { "n1" };
+    // /readyz: the leader is judged on its polls, the standby on the cluster having a leader.
+    for id in [leader.as_str(), standby] {
+        let url = format!("http://127.0.0.1:{}/readyz", port_of(id));
+        wait_until(Duration::from_secs(30), &format!("{id} ready"), || async {
+            crate::ops::get(&url).await.0 == 200
+        })
+        .await;
+    }
+    let metrics = |id: &str| {
+        let url = format!("http://127.0.0.1:{}/metrics", port_of(id));
+        async move { crate::ops::get(&url).await.1 }
+    };
+    let leading = |m: &str, source: &str| {
+        m.lines()
+            .find(|l| l.starts_with(&format!("jma_poller_leader{{source=\"{source}\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "leader gauges on both nodes",
+        || async {
+            leading(&metrics(&leader).await, "jmafile").as_deref() == Some("1")
+                && leading(&metrics(standby).await, "jmafile").as_deref() == Some("0")
+        },
+    )
+    .await;
+    assert!(
+        metrics(standby)
+            .await
+            .contains(&format!("jma_poller_node_info{{node_id=\"{standby}\"")),
+        "node_info names the node"
+    );
+    // `status` lists both nodes and who leads.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jma-poller"))
+        .arg("status")
+        .env("JMA_POLLER__STORAGE__DATABASE", &cluster.url)
+        .env("JMA_POLLER__STORAGE__DATA_DIR", &cluster.env.data_dir)
+        .env("JMA_POLLER__API__KEY", sim.key())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "node n1: live".to_owned(),
+        "node n2: live".to_owned(),
+        format!("leader of jmafile: {leader}"),
+    ] {
+        assert!(text.contains(&line), "status shows {line:?}:\n{text}");
+    }
+    // A second process claiming a live node's id is refused, naming the setting (exit 2).
+    let mut twin = cluster.spawn(&sim, standby);
+    let status = twin
+        .exit_within(Duration::from_secs(30), "a twin of a live node")
+        .await;
+    assert_eq!(status.code(), Some(2));
+    let log = std::fs::read_to_string(cluster.log(standby)).unwrap();
+    assert!(
+        log.contains("is in use by another live process"),
+        "{}",
+        log_tail(&cluster.log(standby), 10)
+    );
+    // The leader stops cleanly: it gives its roles up, and the standby takes over at once
+    // (well within one lease) and counts a failover only for a lease that ran out.
+    let stopped = Instant::now();
+    let status = cluster.proc(&leader).stop("-TERM", STOP_LIMIT).await;
+    assert_eq!(status.code(), Some(0));
+    cluster.nodes.retain(|(n, _)| *n != leader);
+    let next = cluster
+        .wait_for_leader(Some(&leader), Duration::from_secs(10))
+        .await;
+    eprintln!("clean handover to {next} after {:?}", stopped.elapsed());
+    assert_eq!(next, standby);
+    cluster.stop_all().await;
 }
