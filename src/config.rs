@@ -203,6 +203,19 @@ impl StorageSettings {
         Ok(DatabaseTarget::Postgres(Box::new(target)))
     }
 
+    /// A database named on the command line (`state copy --to/--from`): a URL (anything with
+    /// `://`) is PostgreSQL, with the password from the URL or else from the same file or
+    /// credential as `storage.database`'s; anything else is a SQLite file.
+    pub fn target_named(&self, key: &str, text: &str) -> Result<DatabaseTarget, ConfigError> {
+        if !text.contains("://") {
+            return Ok(DatabaseTarget::Sqlite(PathBuf::from(text)));
+        }
+        let password = self.database_password()?;
+        let target = PgTarget::parse(text, password.as_ref().map(Secret::expose))
+            .map_err(|m| ConfigError::invalid(key, m))?;
+        Ok(DatabaseTarget::Postgres(Box::new(target)))
+    }
+
     /// The password file's first line, if a file names one.
     fn database_password(&self) -> Result<Option<Secret>, ConfigError> {
         const KEY: &str = "storage.database_password_file";

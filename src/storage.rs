@@ -170,6 +170,15 @@ impl Storage {
         Ok(storage)
     }
 
+    /// Fails with [`StorageError::Locked`] when a daemon holds `data_dir`'s `.lock` (tools that
+    /// need it stopped, such as `state copy`); takes nothing and creates nothing.
+    pub fn ensure_unlocked(data_dir: &Path) -> Result<(), StorageError> {
+        if data_dir.join(LOCK_FILE).is_file() {
+            drop(Storage::lock(data_dir)?);
+        }
+        Ok(())
+    }
+
     /// Takes the data dir's `.lock` (held until the process ends).
     fn lock(data_dir: &Path) -> Result<File, StorageError> {
         let io_err = |source| StorageError::DataDir {

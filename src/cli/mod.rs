@@ -1,6 +1,6 @@
 //! Command line: parsing, the exit codes, signals, and one module per command: the daemon
 //! and the simulator (`daemon`: `run`, `demo`, `simulate`), `check_config`, `status`,
-//! `verify`, `backfill`, `retry_failed`, `sockets`, `healthcheck`.
+//! `verify`, `backfill`, `retry_failed`, `sockets`, `healthcheck`, `state_copy`.
 
 mod backfill;
 mod check_config;
@@ -8,6 +8,7 @@ mod daemon;
 mod healthcheck;
 mod retry_failed;
 mod sockets;
+mod state_copy;
 mod status;
 mod verify;
 
@@ -111,6 +112,11 @@ pub enum Command {
         #[arg(long)]
         classification: Option<String>,
     },
+    /// Work on the state database itself.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Serve only the simulator (for trying things by hand, or benchmarks).
     Simulate {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -129,6 +135,24 @@ pub enum Command {
         /// Turn off the simulated per-host rate limits.
         #[arg(long)]
         no_rate_limit: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Copy one node's whole state (cursors, every item with its files and hooks, freshness,
+    /// the fetch log) into a new, empty database: a single SQLite node into PostgreSQL to join
+    /// a cluster, or back. Nothing done is downloaded again. Stop the daemon first (a SQLite
+    /// source whose data dir is locked is refused); claims in flight go back to pending.
+    /// Exit 2 when the target is not empty.
+    Copy {
+        /// The new database: a SQLite file path or a postgres:// URL (password from the URL,
+        /// else storage.database_password_file or the database_password credential).
+        #[arg(long, value_name = "DATABASE")]
+        to: String,
+        /// The database to copy (default: storage.database).
+        #[arg(long, value_name = "DATABASE")]
+        from: Option<String>,
     },
 }
 
@@ -242,6 +266,9 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Sockets { status, json } => sockets::command(config, status, json).await,
         Command::Verify { repair, json } => verify::command(config, repair, json).await,
         Command::Healthcheck => healthcheck::command(config).await,
+        Command::State {
+            command: StateCommand::Copy { to, from },
+        } => state_copy::command(config, to, from).await,
         Command::Simulate {
             listen,
             key,

@@ -25,11 +25,12 @@ pub use crate::model::{
 
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 mod store;
 
-pub use store::{DatabaseTarget, Store};
+pub use store::{DatabaseTarget, Import, Store};
 
 pub use sqlite::monitor::{DamagedRepair, FileDigest, FreshnessRow, VerifyItem};
 
@@ -38,6 +39,16 @@ pub mod prelude {
     pub use super::{
         ClusterStore, CursorStore, FetchLog, HookStore, QueueStore, ReportStore, StateStore,
     };
+}
+
+/// What a non-empty copy target holds (`state copy` refuses it), from its row counts.
+fn copy_contents(items: i64, cursors: i64) -> Option<String> {
+    match (items, cursors) {
+        (0, 0) => None,
+        (0, c) => Some(format!("{c} cursor(s)")),
+        (i, 0) => Some(format!("{i} item(s)")),
+        (i, c) => Some(format!("{i} item(s) and {c} cursor(s)")),
+    }
 }
 
 /// A backend's own error, kept as the cause.

@@ -6,9 +6,12 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::copy::{Cell, Rows, Table};
+use super::postgres::copy::PgImport;
 use super::postgres::{PgStore, PgTarget};
 use super::prelude::*;
 use super::sqlite::SqliteStore;
+use super::sqlite::copy::SqliteImport;
 use super::{
     Claim, Claimed, Committed, Cursor, DamagedRepair, FileDigest, FreshnessRow, HookJob,
     HookOutcome, ItemStatus, LeaderRow, Leadership, NewItem, NodeId, NodeRow, NodeTaken, Source,
@@ -189,6 +192,67 @@ impl Store {
         reason: &str,
     ) -> Result<DamagedRepair, StoreError> {
         delegate!(self, s => s.requeue_damaged(seq, reason).await)
+    }
+}
+
+impl Store {
+    /// The rows of `table` that `rows` selects (`state copy`).
+    pub async fn export_rows(
+        &self,
+        table: &Table,
+        rows: Rows,
+    ) -> Result<Vec<Vec<Cell>>, StoreError> {
+        delegate!(self, s => s.export_rows(table, rows).await)
+    }
+
+    /// Starts importing a copy: one transaction until [`Import::commit`].
+    pub async fn begin_import(&self) -> Result<Import, StoreError> {
+        Ok(match self {
+            Store::Sqlite(s) => Import::Sqlite(s.begin_import().await?),
+            Store::Postgres(s) => Import::Postgres(s.begin_import().await?),
+        })
+    }
+}
+
+/// The target's side of `state copy`: one open transaction on either backend.
+pub enum Import {
+    Sqlite(SqliteImport),
+    Postgres(PgImport),
+}
+
+impl Import {
+    /// What the target already holds (items, cursors), if anything: a copy never merges.
+    pub async fn contents(&mut self) -> Result<Option<String>, StoreError> {
+        match self {
+            Import::Sqlite(i) => i.contents().await,
+            Import::Postgres(i) => i.contents().await,
+        }
+    }
+
+    /// Inserts `rows` of `table` through the target's schema.
+    pub async fn insert_rows(
+        &mut self,
+        table: &Table,
+        rows: &[Vec<Cell>],
+    ) -> Result<(), StoreError> {
+        match self {
+            Import::Sqlite(i) => i.insert_rows(table, rows).await,
+            Import::Postgres(i) => i.insert_rows(table, rows).await,
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Import::Sqlite(i) => i.commit().await,
+            Import::Postgres(i) => i.commit().await,
+        }
+    }
+
+    pub async fn rollback(self) {
+        match self {
+            Import::Sqlite(i) => i.rollback().await,
+            Import::Postgres(i) => i.rollback().await,
+        }
     }
 }
 

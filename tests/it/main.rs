@@ -20,6 +20,7 @@ mod prop;
 mod pull;
 mod robust;
 mod sim;
+mod state_copy;
 mod streams;
 mod tls;
 mod verify;

@@ -26,6 +26,7 @@ use super::{
 };
 
 mod cluster;
+pub mod copy;
 mod cursors;
 pub mod monitor;
 mod queue;

@@ -30,6 +30,7 @@ impl From<sqlx::Error> for StoreError {
 }
 
 mod cluster;
+pub mod copy;
 mod cursors;
 pub mod monitor;
 mod queue;
