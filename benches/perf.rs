@@ -9,6 +9,14 @@
 //! Scenarios: pipeline, memory, idle, small, scale, budget, latency (default: all, in that
 //! order). The table goes to stdout and to `target/bench/report.md`; progress to stderr.
 //!
+//! `PERF_SMALL_RUNS=3` (or `1,3`, …) runs only those of `small`'s three daemon runs
+//! (concurrency 2; 8; 2 with the list budget off).
+//!
+//! `PERF_DATABASE=postgres` runs every daemon on PostgreSQL instead of SQLite: one throwaway
+//! server for the run (`benches/perf/pg.rs`, fsync on), a fresh database per daemon, and the
+//! server's own CPU in extra rows. Scenarios that open state.sqlite themselves (scale, budget,
+//! verify) refuse it.
+//!
 //! Benchmarks print figures; nothing here asserts on time.
 
 use std::collections::HashMap;
@@ -24,12 +32,17 @@ use jma_poller::sim::bench::{LargeBody, load_or_build};
 use jma_poller::sim::{ItemSpec, Kind, Sim, SimConfig};
 use serde_json::Value;
 
+#[path = "perf/pg.rs"]
+mod pg;
+
 const MIB: u64 = 1024 * 1024;
 const BIG: u64 = 500 * MIB;
 const SMALL_ITEMS: usize = 20_000;
 const SCALE_ROWS: u64 = 1_000_000;
 /// Files in the mirror `verify` reads back (VERIFY_FILES overrides).
 const VERIFY_FILES: u64 = 100_000;
+/// The scenarios that run on PostgreSQL too (the others read or build state.sqlite themselves).
+const ON_POSTGRES: [&str; 5] = ["pipeline", "memory", "idle", "small", "latency"];
 const ALL: [&str; 8] = [
     "pipeline", "memory", "idle", "small", "scale", "budget", "latency", "verify",
 ];
@@ -236,11 +249,16 @@ struct Daemon {
     log: LogTail,
     spawned: Instant,
     spawned_ms: f64,
+    /// The PostgreSQL database's URL (None: state.sqlite in the data dir).
+    db_url: Option<String>,
+    /// The PostgreSQL server's CPU (s) when this daemon started.
+    server_cpu0: f64,
 }
 
 impl Daemon {
-    fn spawn(ctx: &Ctx, sim: &Sim, data_dir: &Path, extra: &[(&str, String)]) -> Daemon {
+    fn spawn(ctx: &mut Ctx, sim: &Sim, data_dir: &Path, extra: &[(&str, String)]) -> Daemon {
         std::fs::create_dir_all(data_dir).expect("data dir");
+        let db_url = ctx.pg.as_mut().map(|pg| pg.create_database(&ctx.rt));
         let log_path = data_dir.with_extension("log");
         let out = File::create(&log_path).expect("log file");
         let err = out.try_clone().expect("log file");
@@ -253,9 +271,13 @@ impl Daemon {
             .env("JMA_POLLER__STORAGE__DATA_DIR", data_dir)
             .env("JMA_POLLER__LOG__FORMAT", "json")
             .env("JMA_POLLER__LOG__LEVEL", "info");
+        if let Some(url) = &db_url {
+            cmd.env("JMA_POLLER__STORAGE__DATABASE", url);
+        }
         for (k, v) in extra {
             cmd.env(k, v);
         }
+        let server_cpu0 = ctx.server_cpu_s();
         let spawned_ms = unix_ms(SystemTime::now());
         let spawned = Instant::now();
         let child = cmd
@@ -269,6 +291,8 @@ impl Daemon {
             log: LogTail::new(log_path),
             spawned,
             spawned_ms,
+            db_url,
+            server_cpu0,
         }
     }
 
@@ -359,6 +383,8 @@ struct Ctx {
     baseline_rss_kb: Option<(u64, u64)>,
     idle: Option<IdleResult>,
     run_id: u32,
+    /// PERF_DATABASE=postgres: the server every daemon's database lives on.
+    pg: Option<pg::PgBench>,
 }
 
 struct IdleResult {
@@ -368,6 +394,8 @@ struct IdleResult {
     rss_kb: u64,
     hwm_kb: u64,
     base_cpu_s: f64,
+    /// The PostgreSQL server's CPU over the same window (NaN on SQLite).
+    server_cpu_s: f64,
 }
 
 impl Ctx {
@@ -406,6 +434,18 @@ impl Ctx {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).expect("tmp dir");
         d
+    }
+
+    /// The PostgreSQL server's CPU so far (s); NaN on SQLite.
+    fn server_cpu_s(&self) -> f64 {
+        self.pg.as_ref().map_or(f64::NAN, |pg| pg.cpu_s(self.tck))
+    }
+
+    /// "SQLite" or the PostgreSQL server's version and durability settings.
+    fn backend(&self) -> String {
+        self.pg
+            .as_ref()
+            .map_or_else(|| "SQLite".to_owned(), |pg| pg.settings.clone())
     }
 
     fn sim(&self, config: SimConfig) -> Sim {
@@ -948,9 +988,11 @@ fn idle_run(ctx: &mut Ctx) {
     let t0 = Instant::now();
     let c0 = d.cpu_s(ctx.tck);
     let s0 = proc_times(shell.id()).expect("shell stat");
+    let pg0 = ctx.server_cpu_s();
     std::thread::sleep(Duration::from_secs(60));
     let c1 = d.cpu_s(ctx.tck);
     let s1 = proc_times(shell.id()).expect("shell stat");
+    let pg1 = ctx.server_cpu_s();
     let window = t0.elapsed();
     let rss = d.kb("VmRSS");
     let hwm = d.kb("VmHWM");
@@ -985,6 +1027,7 @@ fn idle_run(ctx: &mut Ctx) {
         rss_kb: rss,
         hwm_kb: hwm,
         base_cpu_s: base as f64 / ctx.tck,
+        server_cpu_s: pg1 - pg0,
     });
 }
 
@@ -993,6 +1036,7 @@ fn idle(ctx: &mut Ctx) {
     idle_run(ctx);
     let r = ctx.idle.as_ref().expect("idle ran");
     let (cpu, base, polls, window) = (r.cpu_s, r.base_cpu_s, r.polls, r.window_s);
+    let server = r.server_cpu_s;
     ctx.row(
         "idle CPU (utime+stime) over 60 s of empty PuLL at 1 s (s)",
         format!(
@@ -1004,6 +1048,16 @@ fn idle(ctx: &mut Ctx) {
         "≤ 0.5",
         verdict(cpu <= 0.5 * window / 60.0),
     );
+    if !server.is_nan() {
+        ctx.row(
+            "  PostgreSQL server CPU over the same 60 s (s)",
+            format!("{server:.2}"),
+            "-".into(),
+            "-".into(),
+            "report",
+            Verdict::Info,
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1088,6 +1142,17 @@ fn small(ctx: &mut Ctx) {
     // The third run also lifts the list budget (2000 per 10 min, which paces paging back 200
     // pages): the local pipeline's own capacity.
     let runs = [("2", false), ("8", false), ("2", true)];
+    // PERF_SMALL_RUNS=3 (or 1,3, …) runs only those of the three: a shorter suite on a busy
+    // machine.
+    let picked: Vec<usize> = std::env::var("PERF_SMALL_RUNS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2, 3]);
+    let runs = runs
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| picked.contains(&(i + 1)))
+        .map(|(_, r)| r);
     for (conc, api_off) in runs {
         let dir = ctx.dir("small");
         let data = dir.join("data");
@@ -1105,8 +1170,10 @@ fn small(ctx: &mut Ctx) {
             d.log.landed + d.log.failed >= SMALL_ITEMS
         });
         let cpu = d.cpu_s(ctx.tck);
+        let server_cpu = ctx.server_cpu_s() - d.server_cpu0;
         let hwm = d.kb("VmHWM");
         let (landed, failed) = (d.log.landed, d.log.failed);
+        let db_url = d.db_url.clone();
         let log = d.stop();
         assert!(
             ok,
@@ -1124,21 +1191,16 @@ fn small(ctx: &mut Ctx) {
         let secs = (last_ms - ctx.clock.ms(first)) / 1000.0;
         let rate = landed as f64 / secs;
         // When the last item was recorded (the backlog fully listed), from the daemon's rows.
-        let last_listed_ms: i64 = ctx.rt.block_on(async {
-            use sqlx::Connection;
-            let opts = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(data.join("state.sqlite"))
-                .read_only(true);
-            let mut c = sqlx::SqliteConnection::connect_with(&opts)
-                .await
-                .expect("open db");
-            let v = sqlx::query_scalar("SELECT MAX(listed_ms) FROM items")
-                .fetch_one(&mut c)
-                .await
-                .expect("max listed");
-            c.close().await.expect("close");
-            v
-        });
+        let (last_listed_ms, db): (i64, u64) = match &db_url {
+            Some(url) => {
+                let (ms, bytes) = ctx.rt.block_on(pg::listed_and_size(url));
+                (ms, bytes as u64)
+            }
+            None => (
+                sqlite_last_listed(ctx, &data),
+                std::fs::metadata(data.join("state.sqlite")).map_or(0, |m| m.len()),
+            ),
+        };
         let listing_s = (last_listed_ms as f64 - ctx.clock.ms(first)) / 1000.0;
         // Correctness: every file in place with the right bytes.
         let wrong = items
@@ -1148,7 +1210,6 @@ fn small(ctx: &mut Ctx) {
                     .map_or(true, |b| b != i.expected[0].bytes.as_ref())
             })
             .count();
-        let db = std::fs::metadata(data.join("state.sqlite")).map_or(0, |m| m.len());
         let label = if api_off {
             format!("{conc}, api budget off")
         } else {
@@ -1157,8 +1218,13 @@ fn small(ctx: &mut Ctx) {
         ctx.note(format!(
             "small (concurrency {label}): {landed} landed, {failed} failed, {wrong} wrong/missing on disk; \
              {} list calls; backlog fully listed {listing_s:.1}s after the first list; {secs:.1}s first list → last landed; \
-             CPU {cpu:.1}s; peak RSS {:.1} MiB; state.sqlite {:.1} MB",
+             CPU {cpu:.1}s{}; peak RSS {:.1} MiB; database {:.1} MB",
             lists.len(),
+            if server_cpu.is_nan() {
+                String::new()
+            } else {
+                format!(" (PostgreSQL server {server_cpu:.1}s)")
+            },
             hwm as f64 / 1024.0,
             db as f64 / 1e6
         ));
@@ -1178,8 +1244,37 @@ fn small(ctx: &mut Ctx) {
             "report",
             Verdict::Info,
         );
+        if !server_cpu.is_nan() {
+            ctx.row(
+                &format!("  PostgreSQL server CPU per item, concurrency {label} (ms)"),
+                format!("{:.2}", server_cpu * 1000.0 / landed.max(1) as f64),
+                "-".into(),
+                "-".into(),
+                "report",
+                Verdict::Info,
+            );
+        }
     }
     sim.stop();
+}
+
+/// The largest `listed_ms` in a daemon's state.sqlite: when the backlog was fully listed.
+fn sqlite_last_listed(ctx: &Ctx, data: &Path) -> i64 {
+    ctx.rt.block_on(async {
+        use sqlx::Connection;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(data.join("state.sqlite"))
+            .read_only(true);
+        let mut c = sqlx::SqliteConnection::connect_with(&opts)
+            .await
+            .expect("open db");
+        let v = sqlx::query_scalar("SELECT MAX(listed_ms) FROM items")
+            .fetch_one(&mut c)
+            .await
+            .expect("max listed");
+        c.close().await.expect("close");
+        v
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2074,6 +2169,23 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let postgres = match std::env::var("PERF_DATABASE").as_deref() {
+        Err(_) | Ok("" | "sqlite") => false,
+        Ok("postgres") => true,
+        Ok(other) => {
+            eprintln!("PERF_DATABASE={other:?}: known are sqlite (the default) and postgres");
+            std::process::exit(2);
+        }
+    };
+    if postgres {
+        if let Some(s) = chosen.iter().find(|s| !ON_POSTGRES.contains(s)) {
+            eprintln!(
+                "scenario {s} reads state.sqlite itself: on PostgreSQL only {}",
+                ON_POSTGRES.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
     let bench_dir = target.join("bench");
     let tmp = bench_dir.join("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -2083,6 +2195,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    let pg = postgres.then(|| pg::PgBench::start(&bench_dir.join("pg"), &rt));
     let mut ctx = Ctx {
         bin,
         cache: bench_dir.join("cache"),
@@ -2098,6 +2211,7 @@ fn main() {
         baseline_rss_kb: None,
         idle: None,
         run_id: 0,
+        pg,
     };
     let started = Instant::now();
     for s in &chosen {
@@ -2124,16 +2238,19 @@ fn main() {
         ));
     }
     let _ = std::fs::remove_dir_all(&ctx.tmp);
+    let backend = ctx.backend();
+    ctx.pg = None; // stops the PostgreSQL server
 
     let mut out = String::new();
     let _ = writeln!(out, "# jma-poller benchmarks\n");
     let _ = writeln!(
         out,
-        "`{}` on {}; binary {}; {}; suite {:.0} s. Ratio = how many times better ours is \
+        "`{}` on {}; binary {}; state on {}; {}; suite {:.0} s. Ratio = how many times better ours is \
          (baseline/ours for costs, ours/baseline for rates).\n",
         format!("scripts/bench.sh {}", args.join(" ")).trim(),
         machine(),
         ctx.bin.display(),
+        backend,
         time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
