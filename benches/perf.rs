@@ -2177,14 +2177,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if postgres {
-        if let Some(s) = chosen.iter().find(|s| !ON_POSTGRES.contains(s)) {
-            eprintln!(
-                "scenario {s} reads state.sqlite itself: on PostgreSQL only {}",
-                ON_POSTGRES.join(", ")
-            );
-            std::process::exit(2);
-        }
+    if postgres && let Some(s) = chosen.iter().find(|s| !ON_POSTGRES.contains(s)) {
+        eprintln!(
+            "scenario {s} reads state.sqlite itself: on PostgreSQL only {}",
+            ON_POSTGRES.join(", ")
+        );
+        std::process::exit(2);
     }
     let bench_dir = target.join("bench");
     let tmp = bench_dir.join("tmp");
