@@ -206,17 +206,23 @@ impl Budget {
 
     /// After a booking: lets the grant made at `granted` go no sooner after the previous one
     /// than it was granted after it (a no-op without a shared ledger).
+    ///
+    /// Only a limited budget with a ledger is paced here (an unlimited one books nothing), and
+    /// the hold-back is capped at one pacing interval, so delays can never pile up from one
+    /// grant to the next.
     async fn pace_release(&self, granted: Instant) {
-        if self.ledger.get().is_none() {
+        let (Some(_), Some(l)) = (self.ledger.get(), self.limit) else {
             return;
-        }
+        };
         loop {
             let wait = {
                 let mut st = self.lock();
                 let now = Instant::now();
+                let earliest =
+                    |prev: Instant, at: Instant| (at + (granted - prev)).min(granted + l.interval);
                 match st.released {
-                    Some((prev, at)) if granted > prev && now < at + (granted - prev) => {
-                        at + (granted - prev)
+                    Some((prev, at)) if granted > prev && now < earliest(prev, at) => {
+                        earliest(prev, at)
                     }
                     Some((prev, _)) if granted <= prev => return,
                     _ => {

@@ -47,7 +47,12 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        let root = tempfile::tempdir().unwrap();
+        let mut root = tempfile::tempdir().unwrap();
+        // JMA_TEST_KEEP=1 keeps every test's folder (logs, data, database) to look at after.
+        if std::env::var_os("JMA_TEST_KEEP").is_some() {
+            root.disable_cleanup(true);
+            eprintln!("keeping {}", root.path().display());
+        }
         let data_dir = root.path().join("data");
         let watchdog = Watchdog::arm(root.path().to_owned());
         Env {
