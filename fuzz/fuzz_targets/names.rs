@@ -13,7 +13,8 @@ use std::path::{Component, Path};
 
 use fuzz_support::assert_one_component;
 use jma_poller::download::plan::disambiguate;
-use jma_poller::storage::{jmafile_rel_path, safe_component};
+use jma_poller::sink::layout::jmafile as jmafile_rel_path;
+use jma_poller::storage::safe_component;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
